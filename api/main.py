@@ -1,0 +1,92 @@
+"""The app factory: `uvicorn api.main:create_app --factory`."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from api.deps import AppState
+from api.errors import install_error_handlers
+from api.metrics import Metrics
+from api.middleware import ServiceMiddleware, configure_logging
+from api.routes import embed, heads, health, openai_compat, predict
+from bertheads.settings import Settings
+from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
+from embedder.batcher import MicroBatcher
+
+logger = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _build_state(settings: Settings, metrics: Metrics) -> AppState:
+    encoder = load_encoder(
+        settings.embedder_model,
+        pooling=settings.embedder_pooling,
+        max_seq_len=settings.embedder_max_seq_len,
+        normalize=settings.embedder_normalize,
+        backend=settings.embedder_backend,
+        batch_size=settings.embedder_batch_size,
+        cache_dir=settings.embedder_cache_dir,
+    )
+    cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
+    batcher = MicroBatcher(
+        encoder.encode_raw,
+        max_batch_texts=max(settings.embedder_batch_size * 2, 64),
+        max_wait_ms=settings.batch_wait_ms,
+        max_queue_texts=settings.queue_max_texts,
+    )
+    batcher.on_batch = metrics.batch_size.observe
+    service = EmbeddingService(encoder, cache, encode_raw=batcher.encode)
+    return AppState(settings, encoder, service, cache, batcher, metrics)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; the model, Redis client and heads load in the lifespan.
+
+    Args:
+        settings: Configuration; default: read from the environment.
+
+    """
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from api.registry import HeadRegistry
+
+        state = await run_in_threadpool(_build_state, settings, metrics)
+        state.batcher.start()
+        if not state.cache.ping():
+            logger.warning("Redis at %s does not answer; serving uncached", settings.redis_url)
+        state.registry = HeadRegistry.from_settings(settings, state.service, metrics)
+        await run_in_threadpool(state.registry.start)
+        app.state.bertheads = state
+        logger.info("ready: %s", state.encoder.describe())
+        try:
+            yield
+        finally:
+            state.registry.stop()
+            state.batcher.stop()
+            state.cache.client.close()
+
+    app = FastAPI(
+        title="bertheads",
+        version="0.1.0",
+        summary="A frozen sentence encoder with cached embeddings and cheap classifier heads.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (embed, predict, heads, health, openai_compat):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

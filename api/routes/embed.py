@@ -1,0 +1,29 @@
+"""POST /embed."""
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import JsonBody, ReadAccess, StateDep
+from api.schemas import EmbedRequest, EmbedResponse
+from api.validation import checked_texts
+
+router = APIRouter(tags=["embeddings"])
+
+
+@router.post("/embed", response_model=EmbedResponse, dependencies=[JsonBody, ReadAccess])
+async def embed(body: EmbedRequest, state: StateDep) -> dict:
+    """Embed one text or a list of texts, from the Redis cache where possible."""
+    settings = state.settings
+    texts = checked_texts(
+        body.texts, max_batch=settings.max_batch, max_chars=settings.max_text_chars, field="texts"
+    )
+    result = await run_in_threadpool(state.service.embed, texts, normalize=body.normalize)
+    state.metrics.texts.labels("cache").inc(result.cached)
+    state.metrics.texts.labels("encoder").inc(len(texts) - result.cached)
+    return {
+        "model": state.encoder.model_id,
+        "dim": state.encoder.dim,
+        "embeddings": result.vectors.tolist(),
+        "cached": result.cached,
+        "truncated": result.truncated,
+    }

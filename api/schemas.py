@@ -1,0 +1,101 @@
+"""Request and response bodies; lists of floats exist only here, at the edge."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EmbedRequest(BaseModel):
+    """Body of POST /embed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: str | list[str] = Field(description="One text or a list of texts.")
+    normalize: bool | None = Field(None, description="L2-normalise; default: the server's.")
+
+
+class EmbedResponse(BaseModel):
+    """Vectors in request order."""
+
+    model: str
+    dim: int
+    embeddings: list[list[float]]
+    cached: int = Field(description="Texts served from the cache.")
+    truncated: int = Field(description="Texts cut to max_seq_len tokens.")
+
+
+class PredictRequest(BaseModel):
+    """Body of POST /predict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: str | list[str]
+    head: str | None = Field(None, description="Head name; default: the server's default head.")
+
+
+class Prediction(BaseModel):
+    """One text's prediction: `label` for single-label heads, `labels` for multi-label ones."""
+
+    label: str | None = None
+    labels: list[str] | None = None
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    """Predictions in request order, with the head version that made them."""
+
+    head: str
+    version: int
+    predictions: list[Prediction]
+
+
+class Example(BaseModel):
+    """One labelled text: `label` (binary / multi-class) or `labels` (multi-label)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    label: str | int | None = None
+    labels: list[str] | None = None
+
+
+class TrainRequest(BaseModel):
+    """Body of POST /heads/{name}/train: inline examples or a server-side file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    examples: list[Example] | None = None
+    file: str | None = Field(None, description="File name inside the server's TRAIN_DATA_DIR.")
+    text_col: str = "text"
+    label_col: str = "label"
+    label_cols: list[str] | None = None
+    head: Literal["logreg", "mlp"] = "logreg"
+    loss: Literal["ce", "focal"] = "ce"
+    gamma: float = Field(2.0, ge=0, le=10)
+    alpha: float | None = Field(None, gt=0, lt=1)
+    class_weight: Literal["balanced"] | None = None
+    resample: Literal["none", "over", "under"] = "none"
+    test_size: float = Field(0.2, gt=0, lt=0.9)
+    seed: int = 0
+    replace_labels: bool = Field(False, description="Allow a label set unlike the live version's.")
+
+
+class RollbackRequest(BaseModel):
+    """Body of POST /heads/{name}/rollback; no version means the previous one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1)
+
+
+class HealthResponse(BaseModel):
+    """Liveness and what is loaded."""
+
+    status: Literal["ok", "degraded"]
+    model: str
+    dim: int
+    fingerprint: str
+    backend: str
+    cache: Literal["up", "down"]
+    heads: list[str]
+    default_head: str | None

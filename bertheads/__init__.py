@@ -1,0 +1,1 @@
+"""Shared configuration for the bertheads entry points."""

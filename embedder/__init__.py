@@ -1,0 +1,27 @@
+"""The frozen encoder, its Redis cache, and the service that joins them."""
+
+from embedder.cache import EmbeddingCache, cache_key, connect
+from embedder.encoder import Encoder, load_encoder
+from embedder.errors import (
+    EmbedderError,
+    InvalidConfigError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    QueueFullError,
+)
+from embedder.service import EmbeddingService, EmbedResult
+
+__all__ = [
+    "EmbedResult",
+    "EmbedderError",
+    "EmbeddingCache",
+    "EmbeddingService",
+    "Encoder",
+    "InvalidConfigError",
+    "ModelIntegrityError",
+    "ModelNotFoundError",
+    "QueueFullError",
+    "cache_key",
+    "connect",
+    "load_encoder",
+]

@@ -1,0 +1,102 @@
+"""Shared fixtures: the real MiniLM model, a real Redis database of the tests' own."""
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bertheads.settings import Settings
+from embedder import Encoder, load_encoder
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = REPO.parent / "shared" / "datasets"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+API_DB = 15
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Encoder:
+    return load_encoder(MINILM)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    url = f"redis://127.0.0.1:6379/{API_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "embedder_model": MINILM,
+        "redis_url": redis_url,
+        "models_dir": tmp_path / "models",
+        "demo_head_on_start": False,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisProcess:
+    """A throw-away redis-server on a spare port, for tests that kill it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on {self.port} did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def spare_redis() -> Iterator[RedisProcess]:
+    server = RedisProcess(free_port())
+    server.start()
+    yield server
+    server.kill()

@@ -1,0 +1,140 @@
+"""The encoder, the cache keys and the cached service, on the real MiniLM and Redis."""
+
+import numpy as np
+import pytest
+import redis
+
+from embedder import (
+    EmbeddingCache,
+    EmbeddingService,
+    InvalidConfigError,
+    ModelNotFoundError,
+    cache_key,
+    connect,
+    load_encoder,
+)
+from embedder.batcher import MicroBatcher
+from tests.conftest import MINILM
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "A short one.",
+    "Stock markets fell sharply on Monday after the announcement of new tariffs.",
+    "A short one.",
+]
+
+
+def test_encode_shape_dtype_and_order(minilm):
+    vectors = minilm.encode(TEXTS)
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    # Length sorting inside must not reorder the rows.
+    one_by_one = np.vstack([minilm.encode([text]) for text in TEXTS])
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
+    np.testing.assert_array_equal(vectors[1], vectors[3])
+
+
+def test_poolings_and_lengths_give_distinct_fingerprints(minilm):
+    other_pooling = load_encoder(MINILM, pooling="cls")
+    shorter = load_encoder(MINILM, max_seq_len=16)
+    prints = {
+        minilm.fingerprint(),
+        other_pooling.fingerprint(),
+        shorter.fingerprint(),
+        minilm.fingerprint(normalize=True),
+    }
+    assert len(prints) == 4
+    assert not np.allclose(minilm.encode(TEXTS[:1]), other_pooling.encode(TEXTS[:1]))
+
+
+def test_truncation_is_counted(minilm):
+    shorter = load_encoder(MINILM, max_seq_len=8)
+    assert (
+        shorter.count_truncated(["two words", "this sentence has clearly more than eight tokens"])
+        == 1
+    )
+    assert minilm.count_truncated(["two words"]) == 0
+
+
+def test_bad_options_list_valid_choices():
+    with pytest.raises(InvalidConfigError, match="mean, cls, max"):
+        load_encoder(MINILM, pooling="median")
+    with pytest.raises(InvalidConfigError, match="2 to 256"):
+        load_encoder(MINILM, max_seq_len=100_000)
+
+
+def test_unknown_model_names_every_way(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as caught:
+        load_encoder("nobody/no-such-model", cache_dir=tmp_path)
+    message = str(caught.value)
+    assert "nobody/no-such-model" in message and "EMBEDDER_MODEL" in message and "hub" in message
+
+
+def test_cache_hit_is_bit_identical_to_fresh_encode(minilm, redis_url):
+    service = EmbeddingService(minilm, EmbeddingCache(connect(redis_url)))
+    first = service.embed(TEXTS)
+    assert first.cached == 0
+    second = service.embed(TEXTS)
+    assert second.cached == 4
+    fresh = minilm.encode(TEXTS)
+    assert first.vectors.tobytes() == fresh.tobytes()
+    assert second.vectors.tobytes() == fresh.tobytes()
+    stored = redis.Redis.from_url(redis_url).get(
+        cache_key(minilm.fingerprint(normalize=False), TEXTS[0])
+    )
+    assert stored == fresh[0].tobytes()
+
+
+def test_duplicates_in_one_request_are_encoded_once(minilm, redis_url):
+    cache = EmbeddingCache(connect(redis_url))
+    service = EmbeddingService(minilm, cache)
+    service.embed(["same", "same", "same", "other"])
+    assert service.texts_encoded == 2
+    assert len(redis.Redis.from_url(redis_url).keys("*")) == 2
+
+
+def test_other_pooling_or_length_never_reads_foreign_entries(minilm, redis_url):
+    client = connect(redis_url)
+    EmbeddingService(minilm, EmbeddingCache(client)).embed(TEXTS)
+    for other in (load_encoder(MINILM, pooling="max"), load_encoder(MINILM, max_seq_len=8)):
+        result = EmbeddingService(other, EmbeddingCache(client)).embed(TEXTS)
+        assert result.cached == 0
+        np.testing.assert_array_equal(result.vectors, other.encode(TEXTS))
+
+
+def test_normalize_comes_from_the_same_entry(minilm, redis_url):
+    service = EmbeddingService(minilm, EmbeddingCache(connect(redis_url)))
+    raw = service.embed(TEXTS[:2])
+    normalized = service.embed(TEXTS[:2], normalize=True)
+    assert normalized.cached == 2
+    np.testing.assert_allclose(np.linalg.norm(normalized.vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(raw.vectors, normalized.vectors)
+
+
+def test_dead_redis_degrades_to_uncached(minilm, spare_redis):
+    cache = EmbeddingCache(connect(spare_redis.url))
+    service = EmbeddingService(minilm, cache)
+    service.embed(TEXTS)
+    spare_redis.kill()
+    result = service.embed(TEXTS)
+    assert result.cached == 0 and not cache.up
+    np.testing.assert_array_equal(result.vectors, minilm.encode(TEXTS))
+
+
+def test_batcher_returns_each_callers_rows_in_order(minilm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    batcher = MicroBatcher(minilm.encode_raw, max_batch_texts=64, max_wait_ms=20)
+    calls: list[int] = []
+    batcher.on_batch = calls.append
+    batcher.start()
+    requests = [[f"request {i} text {j}" for j in range(i % 3 + 1)] for i in range(12)]
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(batcher.encode, requests))
+    finally:
+        batcher.stop()
+    for texts, vectors in zip(requests, results, strict=True):
+        np.testing.assert_allclose(vectors, minilm.encode_raw(texts), atol=1e-5)
+    assert len(calls) < len(requests)  # some requests really shared a forward pass
+    assert batcher.queue_depth == 0
