@@ -4,12 +4,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from embedder.cache import EmbeddingCache
 from embedder.encoder import Encoder
 from embedder.pooling import l2_normalize
 
 EncodeFunction = Callable[[list[str]], np.ndarray]
+STORE_EVERY = 256  # texts encoded between cache writes
 
 
 @dataclass
@@ -79,13 +81,7 @@ class EmbeddingService:
             text: vector for text, vector in zip(unique, found, strict=True) if vector is not None
         }
         if missing:
-            if progress:
-                encoded = self.encoder.encode_raw(missing, progress=True)
-            else:
-                encoded = self._encode_raw(missing)
-            if self.cache:
-                self.cache.set_many(raw_space, missing, encoded)
-            vectors_by_text.update(zip(missing, encoded, strict=True))
+            vectors_by_text.update(self._encode_and_store(missing, raw_space, progress))
         vectors = np.empty((len(texts), dim), dtype=np.float32)
         for row, text in enumerate(texts):
             vectors[row] = vectors_by_text[text]
@@ -98,3 +94,24 @@ class EmbeddingService:
         self.texts_cached += cached
         truncated = self.encoder.count_truncated(texts) if count_truncated else 0
         return EmbedResult(vectors=vectors, cached=cached, truncated=truncated)
+
+    def _encode_and_store(
+        self, missing: list[str], raw_space: str, progress: bool
+    ) -> dict[str, np.ndarray]:
+        """Encode in chunks, writing each to the cache as soon as it is done.
+
+        A long run that is interrupted keeps what it finished: the next run resumes there.
+        Sorting by length first keeps each chunk's batches evenly padded.
+        """
+        ordered = sorted(missing, key=len, reverse=True)
+        encoded: dict[str, np.ndarray] = {}
+        bar = tqdm(total=len(ordered), desc="encoding", unit="text", disable=not progress)
+        for start in range(0, len(ordered), STORE_EVERY):
+            chunk = ordered[start : start + STORE_EVERY]
+            vectors = self._encode_raw(chunk)
+            if self.cache:
+                self.cache.set_many(raw_space, chunk, vectors)
+            encoded.update(zip(chunk, vectors, strict=True))
+            bar.update(len(chunk))
+        bar.close()
+        return encoded
