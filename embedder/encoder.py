@@ -1,8 +1,10 @@
 """The frozen encoder: texts in, float32 vectors (n, dim) out."""
 
+import copy
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +60,12 @@ class Encoder:
             )
         self.resolved = resolved
         self.tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+        # A fast tokenizer keeps its padding/truncation settings as shared state, so two
+        # threads calling it with different settings corrupt each other's batches. Request
+        # threads count lengths on their own copy; each copy has a lock.
+        self._length_tokenizer = copy.deepcopy(self.tokenizer)
+        self._encode_lock = threading.Lock()
+        self._length_lock = threading.Lock()
         self.model_max_seq_len = _model_max_length(resolved.path, self.tokenizer.model_max_length)
         if not 2 <= max_seq_len <= self.model_max_seq_len:
             raise InvalidConfigError(
@@ -114,7 +122,8 @@ class Encoder:
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text before truncation, special tokens included."""
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        with self._length_lock:
+            encoded = self._length_tokenizer(list(texts), add_special_tokens=True, truncation=False)
         return np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64)
 
     def count_truncated(self, texts: Sequence[str]) -> int:
@@ -124,14 +133,19 @@ class Encoder:
         return int((self.token_lengths(texts) > self.max_seq_len).sum())
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="np"
-        )
+        with self._encode_lock:
+            batch = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_len,
+                return_tensors="np",
+            )
         ids = batch["input_ids"].astype(np.int64)
         mask = batch["attention_mask"].astype(np.int64)
         tokens = self.backend(ids, mask)
-        vectors = pool(tokens, torch.from_numpy(mask), self.pooling)
-        return vectors.float().numpy()
+        vectors = pool(tokens, torch.from_numpy(mask).to(tokens.device), self.pooling)
+        return vectors.float().cpu().numpy()
 
     def encode_raw(
         self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False

@@ -138,3 +138,30 @@ def test_batcher_returns_each_callers_rows_in_order(minilm):
         np.testing.assert_allclose(vectors, minilm.encode_raw(texts), atol=1e-5)
     assert len(calls) < len(requests)  # some requests really shared a forward pass
     assert batcher.queue_depth == 0
+
+
+def test_counting_lengths_while_encoding_is_thread_safe(minilm):
+    import threading
+
+    texts = [("word " * count).strip() for count in range(1, 40)]
+    stop = threading.Event()
+    failures: list[Exception] = []
+
+    def count_lengths() -> None:
+        while not stop.is_set():
+            try:
+                minilm.token_lengths(texts)
+            except Exception as error:  # collected, then asserted below
+                failures.append(error)
+
+    counter = threading.Thread(target=count_lengths)
+    counter.start()
+    try:
+        for start in range(12):
+            minilm.encode_raw(texts[start : start + 16])
+    except Exception as error:
+        failures.append(error)
+    finally:
+        stop.set()
+        counter.join()
+    assert failures == []
