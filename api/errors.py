@@ -99,11 +99,11 @@ def _describe_validation(error: RequestValidationError) -> tuple[str, str | None
     for item in error.errors():
         location = [str(part) for part in item.get("loc", ()) if part != "body"]
         param = ".".join(location) if location else "body"
-        first_param = first_param or param
         text = item.get("msg", "invalid value")
         if item.get("type") == "json_invalid":
             text = f"body is not valid JSON ({item.get('ctx', {}).get('error', 'parse error')})"
-            param = "body"
+            param = "body"  # the location is a character offset, not a field
+        first_param = first_param or param
         messages.append(f"{param}: {text}")
     return "; ".join(messages[:5]), first_param
 

@@ -1,5 +1,6 @@
 """ASGI middleware: request ids, access logs and metrics, and the body size limit."""
 
+import contextlib
 import json
 import logging
 import time
@@ -87,27 +88,33 @@ class ServiceMiddleware:
             return
 
         received = 0
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
+            if too_large:
+                # FastAPI turns a failed body read into its own 400; the 413 below replaces it.
+                return
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            status_holder["status"] = 413
-            await self._reject(send, limit, request_id)
+            with contextlib.suppress(_BodyTooLarge):
+                await self.app(scope, limited_receive, tracking_send)
+            if too_large:
+                status_holder["status"] = 413
+                await self._reject(send, limit, request_id)
         finally:
             self._record(scope, status_holder["status"], started)
             request_id_var.reset(token)

@@ -76,7 +76,7 @@ class TrainRequest(BaseModel):
     class_weight: Literal["balanced"] | None = None
     resample: Literal["none", "over", "under"] = "none"
     test_size: float = Field(0.2, gt=0, lt=0.9)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds splits and training.")
     replace_labels: bool = Field(False, description="Allow a label set unlike the live version's.")
 
 

@@ -13,6 +13,7 @@ from api.schemas import RollbackRequest, TrainRequest
 from api.validation import checked_texts
 from classifier import live
 from classifier.data import file_sha256, read_labelled
+from classifier.errors import TrainingDataError
 
 router = APIRouter(tags=["heads"])
 HeadName = Annotated[
@@ -69,10 +70,19 @@ def _file_to_rows(body: TrainRequest, root: Path | None) -> tuple[list[str], Any
             "file",
         )
     base = root.resolve()
-    path = (base / str(body.file)).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        raise InvalidInputError(f"file: {body.file!r} is not a file inside TRAIN_DATA_DIR", "file")
-    texts, labels = read_labelled(path, body.text_col, body.label_col, body.label_cols)
+    outside = InvalidInputError(f"file: {body.file!r} is not a file inside TRAIN_DATA_DIR", "file")
+    try:
+        path = (base / str(body.file)).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            raise outside
+    except (OSError, ValueError):  # NUL bytes, over-long names
+        raise outside from None
+    try:
+        texts, labels = read_labelled(path, body.text_col, body.label_col, body.label_cols)
+    except TrainingDataError as error:
+        # The reader names the absolute path; the client should see only its own file name.
+        message = str(error).replace(str(path), f"file {body.file!r}")
+        raise InvalidInputError(message, "file") from None
     if body.label_cols:
         # 0/1 columns become label lists, the same form inline examples use.
         labels = [
@@ -127,9 +137,15 @@ async def train(name: HeadName, body: TrainRequest, state: StateDep) -> dict:
     }
     if body.label_cols and body.file is not None:
         options["label_names"] = body.label_cols
-    return await run_in_threadpool(
-        state.registry.train, name, texts, labels, options, data_hashes=hashes
-    )
+    try:
+        return await run_in_threadpool(
+            state.registry.train, name, texts, labels, options, data_hashes=hashes
+        )
+    except ValueError as error:
+        # Stop-gap until classifier.train_head names these itself: scikit-learn refuses data
+        # too small to split or score (e.g. fewer held-out rows than classes).
+        message = f"examples: cannot train on this data: {error}"
+        raise InvalidInputError(message, "examples") from None
 
 
 @router.post("/heads/{name}/rollback", dependencies=[WriteAccess])
