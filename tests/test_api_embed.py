@@ -12,7 +12,9 @@ from tests.conftest import make_settings
 
 @pytest.fixture
 def client(tmp_path, redis_url):
-    app = create_app(make_settings(tmp_path, redis_url, max_batch=8, max_text_chars=200, embedder_max_seq_len=32))
+    app = create_app(
+        make_settings(tmp_path, redis_url, max_batch=8, max_text_chars=200, embedder_max_seq_len=32)
+    )
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -141,11 +141,13 @@ async def train(name: HeadName, body: TrainRequest, state: StateDep) -> dict:
         return await run_in_threadpool(
             state.registry.train, name, texts, labels, options, data_hashes=hashes
         )
-    except ValueError as error:
-        # Stop-gap until classifier.train_head names these itself: scikit-learn refuses data
-        # too small to split or score (e.g. fewer held-out rows than classes).
-        message = f"examples: cannot train on this data: {error}"
-        raise InvalidInputError(message, "examples") from None
+    except TrainingDataError as error:
+        # The classifier knows what is wrong with the data; only the API knows which field it
+        # came from.
+        source = "examples" if body.examples is not None else "file"
+        message = str(error)
+        message = message if message.startswith(f"{source}:") else f"{source}: {message}"
+        raise InvalidInputError(message, source) from None
 
 
 @router.post("/heads/{name}/rollback", dependencies=[WriteAccess])

@@ -1,0 +1,281 @@
+"""Train a classifier head from a labelled file: `python classifier/train.py --data FILE ...`.
+
+Embeds through the cached embedding service, fits and evaluates a head, writes
+metrics.json and plots to --out, and saves the head as the next version in the models dir.
+Bad input exits with code 2 and a one-line message.
+"""
+
+import sys
+from pathlib import Path
+
+# Runnable as a script from a checkout without installation.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="training file (.csv/.tsv/.jsonl)")
+    evaluation = parser.add_mutually_exclusive_group()
+    evaluation.add_argument("--test", type=Path, help="evaluation file")
+    evaluation.add_argument("--test-size", type=float, help="stratified held-out share (0.2)")
+    evaluation.add_argument("--cv", type=int, metavar="K", help="K stratified folds")
+    parser.add_argument("--text-col", default="text")
+    parser.add_argument("--label-col", default="label")
+    parser.add_argument("--label-cols", help="comma-separated 0/1 columns (multi-label)")
+    parser.add_argument("--head", choices=["logreg", "mlp"], default="logreg")
+    parser.add_argument("--loss", choices=["ce", "focal"], default="ce")
+    parser.add_argument("--gamma", type=float, default=2.0)
+    parser.add_argument("--alpha", help="focal alpha: a number, comma-separated list or 'balanced'")
+    parser.add_argument("--class-weight", choices=["balanced"])
+    parser.add_argument("--resample", choices=["none", "over", "under"], default="none")
+    parser.add_argument("--C", type=float, help="logreg inverse regularisation strength")
+    parser.add_argument("--hidden-sizes", help="mlp hidden widths, comma-separated (256)")
+    parser.add_argument("--tune-threshold", action="store_true", help="tune binary threshold too")
+    parser.add_argument("--name", help="head name (default: the data file's folder name)")
+    parser.add_argument("--out", type=Path, help="output dir for metrics and plots (runs/<name>)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="encoder (default: EMBEDDER_MODEL)")
+    parser.add_argument("--models-dir", type=Path, help="saved heads (default: MODELS_DIR)")
+    parser.add_argument("--redis-url", help="embedding cache (default: REDIS_URL)")
+    parser.add_argument(
+        "--embed-url", help="embed through a running bertheads server, e.g. http://gpu-box:8000"
+    )
+    parser.add_argument("--no-save", action="store_true", help="do not save the head")
+    parser.add_argument("--mlflow", action="store_true", help="log to a local MLflow store")
+    parser.add_argument("--mlflow-dir", type=Path, default=REPO_ROOT / "mlruns")
+    return parser.parse_args(argv)
+
+
+def _alpha(text: str | None) -> float | str | list[float] | None:
+    if text is None or text == "balanced":
+        return text
+    try:
+        values = [float(value) for value in text.split(",")]
+    except ValueError:
+        raise _invalid(
+            f"--alpha: {text!r} is not a number, a comma-separated list or 'balanced'"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(size) for size in text.split(","))
+    except ValueError:
+        raise _invalid(f"--hidden-sizes: {text!r} is not a list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise _invalid(f"--hidden-sizes: widths must be >= 1, got {text!r}")
+    return sizes
+
+
+def _invalid(message: str) -> Exception:
+    from classifier.errors import InvalidParameterError
+
+    return InvalidParameterError(message)
+
+
+def _embedding_service(arguments: argparse.Namespace, settings: Any) -> tuple[Any, dict[str, Any]]:
+    """The local encoder behind Redis, or a remote server (which caches in its own Redis)."""
+    if arguments.embed_url:
+        from embedder.remote import RemoteEmbeddingService
+
+        remote = RemoteEmbeddingService(arguments.embed_url, api_key=settings.api_key)
+        info = remote.describe()
+        if arguments.model and arguments.model != info["model"]:
+            raise _invalid(
+                f"--model {arguments.model!r} differs from the server's model {info['model']!r}"
+            )
+        return remote, info
+    from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
+
+    encoder = load_encoder(
+        arguments.model or settings.embedder_model,
+        pooling=settings.embedder_pooling,
+        max_seq_len=settings.embedder_max_seq_len,
+        normalize=settings.embedder_normalize,
+        backend=settings.embedder_backend,
+        batch_size=settings.embedder_batch_size,
+        cache_dir=settings.embedder_cache_dir,
+    )
+    cache = EmbeddingCache(
+        connect(arguments.redis_url or settings.redis_url), ttl_seconds=settings.cache_ttl_seconds
+    )
+    return EmbeddingService(encoder, cache), encoder.describe()
+
+
+def run(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Train, evaluate, plot and save; returns the metrics written to metrics.json."""
+    from bertheads.settings import Settings
+    from classifier.artifacts import save_head
+    from classifier.data import file_sha256, read_labelled
+    from classifier.plots import save_plots
+    from classifier.tasks import encode_labels
+    from classifier.training import build_head, cross_validate_head, train_head
+
+    started = time.perf_counter()
+    settings = Settings()
+    if arguments.mlflow:
+        from classifier.tracking import require_mlflow
+
+        require_mlflow()
+    label_columns = arguments.label_cols.split(",") if arguments.label_cols else None
+    columns = {"text_column": arguments.text_col, "label_column": arguments.label_col}
+    texts, labels = read_labelled(arguments.data, label_columns=label_columns, **columns)
+    test_texts, test_labels = None, None
+    if arguments.test:
+        test_texts, test_labels = read_labelled(
+            arguments.test, label_columns=label_columns, **columns
+        )
+    train_labels: Any = labels
+    if label_columns:
+        train_labels = np.asarray(labels)
+        test_labels = None if test_labels is None else np.asarray(test_labels)
+    encode_labels(train_labels, label_columns)  # refuse one-class data before loading a model
+    name = arguments.name or re.sub(r"[^A-Za-z0-9_.-]", "_", arguments.data.resolve().parent.name)
+    out_dir = arguments.out or REPO_ROOT / "runs" / name
+
+    options: dict[str, Any] = {
+        "label_names": label_columns,
+        "head": arguments.head,
+        "loss": arguments.loss,
+        "gamma": arguments.gamma,
+        "alpha": _alpha(arguments.alpha),
+        "class_weight": arguments.class_weight,
+        "resample": arguments.resample,
+        "seed": arguments.seed,
+    }
+    if arguments.tune_threshold:
+        options["tune_threshold"] = True
+    if arguments.C is not None:
+        options["C"] = arguments.C
+    if arguments.hidden_sizes:
+        options["hidden_sizes"] = _sizes(arguments.hidden_sizes)
+    head_options = {
+        key: value
+        for key, value in options.items()
+        if key not in ("head", "seed", "label_names", "tune_threshold")
+    }
+    build_head(arguments.head, random_state=arguments.seed, **head_options)  # bad options fail fast
+
+    service, encoder_info = _embedding_service(arguments, settings)
+    loaded_at = time.perf_counter()
+    embedded = service.embed(texts, progress=True)
+    test_embedded = service.embed(test_texts, progress=True) if test_texts is not None else None
+    embedded_at = time.perf_counter()
+
+    summary = None
+    if arguments.cv:
+        trained, summary = cross_validate_head(
+            embedded.vectors, train_labels, arguments.cv, **options
+        )
+    elif test_embedded is not None:
+        trained = train_head(
+            embedded.vectors,
+            train_labels,
+            test_vectors=test_embedded.vectors,
+            test_labels=test_labels,
+            **options,
+        )
+    else:
+        test_size = 0.2 if arguments.test_size is None else arguments.test_size
+        trained = train_head(embedded.vectors, train_labels, test_size=test_size, **options)
+    trained_at = time.perf_counter()
+
+    metrics = dict(trained.metrics)
+    if summary is not None:
+        from classifier.metrics import evaluate
+
+        metrics = evaluate(trained.spec, *trained.evaluation, trained.thresholds)
+        metrics["evaluated_on"] = f"{arguments.cv}-fold out-of-fold predictions"
+        for key, value in summary.items():
+            if isinstance(value, dict):
+                metrics[key], metrics[f"{key}_std"] = value["mean"], value["std"]
+        metrics["cv_folds"] = summary["folds"]
+        metrics["fit_seconds"] = trained.fit_seconds
+    data_hashes = {str(arguments.data): file_sha256(arguments.data)}
+    if arguments.test:
+        data_hashes[str(arguments.test)] = file_sha256(arguments.test)
+    metrics["timings"] = {
+        "load_encoder_seconds": loaded_at - started,
+        "embed_seconds": embedded_at - loaded_at,
+        "train_and_evaluate_seconds": trained_at - embedded_at,
+        "head_fit_seconds": trained.fit_seconds,
+    }
+    metrics["embedding"] = {
+        "model": encoder_info["model"],
+        "fingerprint": service.fingerprint,
+        "rows": len(texts) + (len(test_texts) if test_texts else 0),
+        "cached": embedded.cached + (test_embedded.cached if test_embedded else 0),
+        "truncated": embedded.truncated + (test_embedded.truncated if test_embedded else 0),
+    }
+    metrics["params"] = trained.params
+    metrics["thresholds"] = trained.thresholds
+    plots = save_plots(out_dir, trained.spec, metrics, trained.evaluation, trained.loss_history)
+    if not arguments.no_save:
+        record = save_head(
+            trained,
+            arguments.models_dir or settings.models_dir,
+            name,
+            encoder_info,
+            data_hashes,
+            extra={
+                "evaluation_metrics": {
+                    k: metrics.get(k) for k in ("accuracy", "macro_f1", "roc_auc")
+                }
+            },
+        )
+        metrics["saved"] = {
+            "name": name,
+            "version": record.version,
+            "path": str(record.joblib_path),
+        }
+    metrics["timings"]["total_seconds"] = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(
+        json.dumps(metrics, indent=2, default=str), encoding="utf-8"
+    )
+    if arguments.mlflow:
+        from classifier.tracking import log_to_mlflow
+
+        log_to_mlflow(arguments.mlflow_dir, "bertheads", name, trained.params, metrics, out_dir)
+    metrics["plots"] = [str(path) for path in plots]
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    arguments = parse_arguments(argv)
+    from bertheads.client import BertheadsError
+    from classifier.errors import ClassifierError
+    from embedder.errors import EmbedderError
+
+    try:
+        metrics = run(arguments)
+    except (ClassifierError, EmbedderError, BertheadsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    scores = {key: metrics.get(key) for key in ("accuracy", "macro_f1", "weighted_f1", "roc_auc")}
+    shown = ", ".join(f"{key}={value:.4f}" for key, value in scores.items() if value is not None)
+    print(
+        f"{metrics['task']} {shown}; head fit {metrics['timings']['head_fit_seconds']:.2f} s, "
+        f"total {metrics['timings']['total_seconds']:.1f} s"
+    )
+    if "saved" in metrics:
+        saved = metrics["saved"]
+        print(f"saved {saved['name']} v{saved['version']}: {saved['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
