@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder import Encoder, InvalidConfigError, load_encoder, onnx_backend
+from embedder import Encoder, InvalidConfigError, load_encoder, onnx_backend, onnx_int8
 from embedder.backends import BACKENDS
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -81,7 +81,7 @@ def test_unfaithful_int8_is_refused_not_served(
     (tmp_path / folder).mkdir(parents=True)
     shutil.copy(cache_dir / folder / onnx_backend.FP32_FILE, tmp_path / folder)
     # An unreachable floor stands in for a model the recipe cannot quantize faithfully.
-    monkeypatch.setattr(onnx_backend, "INT8_COSINE_FLOOR", 1.01)
+    monkeypatch.setattr(onnx_int8, "INT8_COSINE_FLOOR", 1.01)
     for _ in range(2):  # the second attempt is refused from the remembered verdict
         with pytest.raises(InvalidConfigError, match="valid faithful choices: torch, onnx"):
             load_encoder(MINILM, backend="onnx-int8", cache_dir=tmp_path)
