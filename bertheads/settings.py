@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     embedder_normalize: bool = False
     embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     embedder_batch_size: int = Field(32, ge=1, le=1024)
+    embedder_threads: int | None = Field(None, ge=1, le=256)
     embedder_cache_dir: Path | None = None
 
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -31,6 +31,27 @@ def _model_max_length(path: Path, tokenizer_limit: int) -> int:
     return min(limits) if limits else 512
 
 
+# A batch is cut when the next text is shorter than this share of the batch's longest: a
+# mixed batch pads every text to the longest, and micro-batched requests arrive mixed.
+PADDING_CUT = 0.6
+MIN_CUT_CHARS = 64
+
+
+def _length_groups(order: np.ndarray, lengths: list[int], size: int) -> list[np.ndarray]:
+    """Split indices sorted by falling length into batches of at most `size` similar lengths."""
+    groups: list[np.ndarray] = []
+    start = 0
+    for position in range(1, len(order) + 1):
+        if position < len(order) and position - start < size:
+            longest = lengths[order[start]]
+            # Short texts pad cheaply; cutting their batches would only add forward passes.
+            if longest <= MIN_CUT_CHARS or lengths[order[position]] >= PADDING_CUT * longest:
+                continue
+        groups.append(order[start:position])
+        start = position
+    return groups
+
+
 class Encoder:
     """A frozen sentence encoder with fixed pooling, truncation and backend.
 
@@ -162,8 +183,7 @@ class Encoder:
         order = np.argsort([-len(text) for text in texts], kind="stable")
         output = np.empty((len(texts), self.dim), dtype=np.float32)
         bar = tqdm(total=len(texts), desc="encoding", unit="text", disable=not progress)
-        for start in range(0, len(texts), size):
-            chosen = order[start : start + size]
+        for chosen in _length_groups(order, [len(text) for text in texts], size):
             output[chosen] = self._encode_batch([texts[i] for i in chosen])
             bar.update(len(chosen))
         bar.close()
