@@ -1,7 +1,6 @@
 """The app factory: `uvicorn api.main:create_app --factory`."""
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,19 +23,11 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def _torch_threads(configured: int | None) -> int:
-    """Threads for the forward pass: one core is left for tokenising, HTTP and Redis.
-
-    On 2 cores, 2 torch threads fighting the request threads halved uncached throughput
-    under concurrency (docs/BENCHMARKS.md); one thread did not.
-    """
-    if configured:
-        return configured
-    return max(1, len(os.sched_getaffinity(0)) - 1)
-
-
 def _build_state(settings: Settings, metrics: Metrics) -> AppState:
-    torch.set_num_threads(_torch_threads(settings.embedder_threads))
+    if settings.embedder_threads:
+        # Default: torch's own choice (every core), measured best on a quiet machine; fewer
+        # threads help only where other processes compete for the cores.
+        torch.set_num_threads(settings.embedder_threads)
     encoder = load_encoder(
         settings.embedder_model,
         pooling=settings.embedder_pooling,

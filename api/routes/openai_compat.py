@@ -46,6 +46,8 @@ async def openai_embeddings(body: OpenAIEmbeddingRequest, state: StateDep) -> di
         body.input, max_batch=settings.max_batch, max_chars=settings.max_text_chars, field="input"
     )
     result = await run_in_threadpool(state.service.embed, texts, count_truncated=False)
+    state.metrics.texts.labels("cache").inc(result.cached)
+    state.metrics.texts.labels("encoder").inc(len(texts) - result.cached)
     lengths = np.minimum(state.encoder.token_lengths(texts), state.encoder.max_seq_len)
     tokens = int(lengths.sum())
     data = []
