@@ -13,6 +13,9 @@ from classifier import load_head
 from classifier.train import main
 
 CLI_DB_URL = "redis://127.0.0.1:6379/14"
+needs_datasets = pytest.mark.skipif(
+    not DATASETS.is_dir(), reason=f"the shared datasets are not at {DATASETS}"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +44,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     )
 
 
+@needs_datasets
 def test_end_to_end_train_save_load_and_cached_rerun(tmp_path, minilm):
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"
     write_slice(DATASETS / "hate_speech" / "train.csv", train, 200)
@@ -106,6 +110,7 @@ def test_end_to_end_train_save_load_and_cached_rerun(tmp_path, minilm):
     assert load_head(models, "hate").version == 2
 
 
+@needs_datasets
 def test_multilabel_from_label_columns(tmp_path):
     data = tmp_path / "toxic.jsonl"
     with open(DATASETS / "toxic" / "train.csv", encoding="utf-8", newline="") as handle:
