@@ -28,15 +28,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         # Default: torch's own choice (every core), measured best on a quiet machine; fewer
         # threads help only where other processes compete for the cores.
         torch.set_num_threads(settings.embedder_threads)
-    encoder = load_encoder(
-        settings.embedder_model,
-        pooling=settings.embedder_pooling,
-        max_seq_len=settings.embedder_max_seq_len,
-        normalize=settings.embedder_normalize,
-        backend=settings.embedder_backend,
-        batch_size=settings.embedder_batch_size,
-        cache_dir=settings.embedder_cache_dir,
-    )
+    encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
     cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
     batcher = MicroBatcher(
         encoder.encode_raw,

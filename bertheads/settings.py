@@ -40,3 +40,14 @@ class Settings(BaseSettings):
     protect_reads: bool = False
     log_level: str = "INFO"
     head_poll_seconds: float = Field(0.5, gt=0)
+
+    def encoder_options(self) -> dict[str, object]:
+        """Keyword arguments of `embedder.load_encoder` besides the model name."""
+        return {
+            "pooling": self.embedder_pooling,
+            "max_seq_len": self.embedder_max_seq_len,
+            "normalize": self.embedder_normalize,
+            "backend": self.embedder_backend,
+            "batch_size": self.embedder_batch_size,
+            "cache_dir": self.embedder_cache_dir,
+        }

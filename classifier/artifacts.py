@@ -4,7 +4,6 @@ The JSON is written last and holds the joblib file's sha256, so a version exists
 its JSON exists, and a joblib file that does not match is refused before unpickling.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from classifier.data import file_sha256
 from classifier.errors import CorruptHeadError, HeadNotFoundError, InvalidParameterError
 from classifier.loaded import LoadedHead
 from classifier.tasks import TaskSpec
@@ -46,15 +46,8 @@ def _check_name(name: str) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _versions(directory: Path) -> list[int]:
+def versions_in(directory: Path) -> list[int]:
+    """Saved versions in a head directory, oldest first (a version exists once its JSON does)."""
     if not directory.is_dir():
         return []
     return sorted(
@@ -107,8 +100,8 @@ def save_head(
     os.close(handle)
     try:
         joblib.dump({"estimator": trained.estimator, "format": FORMAT_VERSION}, temporary)
-        checksum = _sha256(Path(temporary))
-        version = (_versions(directory) or [0])[-1] + 1
+        checksum = file_sha256(Path(temporary))
+        version = (versions_in(directory) or [0])[-1] + 1
         while True:
             joblib_path = directory / f"v{version}.joblib"
             try:
@@ -156,7 +149,7 @@ def list_heads(models_dir: Path) -> list[dict[str, Any]]:
     heads = []
     root = Path(models_dir)
     for directory in sorted(root.iterdir()) if root.is_dir() else []:
-        versions = _versions(directory)
+        versions = versions_in(directory)
         if not versions or not NAME_PATTERN.match(directory.name):
             continue
         try:
@@ -171,7 +164,7 @@ def read_metadata(models_dir: Path, name: str, version: int | None = None) -> di
     """Read the JSON metadata of a version (default: the latest)."""
     _check_name(name)
     directory = Path(models_dir) / name
-    versions = _versions(directory)
+    versions = versions_in(directory)
     if not versions:
         raise HeadNotFoundError(f"head {name!r}: not found in {models_dir}")
     version = versions[-1] if version is None else version
@@ -210,7 +203,7 @@ def load_head(
     if not path.is_file():
         raise CorruptHeadError(f"head {name!r} v{version}: {path.name} is missing")
     expected = metadata.get("joblib_sha256")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise CorruptHeadError(
             f"head {name!r} v{version}: {path.name} checksum {actual[:12]}… does not match "

@@ -10,21 +10,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from classifier.artifacts import NAME_PATTERN, VERSION_PATTERN
+from classifier.artifacts import NAME_PATTERN, versions_in
 
 POINTER = "live.json"
 
 
 def list_versions(models_dir: Path, name: str) -> list[int]:
     """Saved versions of `name`, oldest first (a version exists once its JSON does)."""
-    directory = Path(models_dir) / name
-    if not directory.is_dir():
-        return []
-    return sorted(
-        int(match.group(1))
-        for match in (VERSION_PATTERN.match(entry.name) for entry in directory.iterdir())
-        if match
-    )
+    return versions_in(Path(models_dir) / name)
 
 
 def head_names(models_dir: Path) -> list[str]:

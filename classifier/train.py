@@ -99,15 +99,7 @@ def _embedding_service(arguments: argparse.Namespace, settings: Any) -> tuple[An
         return remote, info
     from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
 
-    encoder = load_encoder(
-        arguments.model or settings.embedder_model,
-        pooling=settings.embedder_pooling,
-        max_seq_len=settings.embedder_max_seq_len,
-        normalize=settings.embedder_normalize,
-        backend=settings.embedder_backend,
-        batch_size=settings.embedder_batch_size,
-        cache_dir=settings.embedder_cache_dir,
-    )
+    encoder = load_encoder(arguments.model or settings.embedder_model, **settings.encoder_options())
     cache = EmbeddingCache(
         connect(arguments.redis_url or settings.redis_url), ttl_seconds=settings.cache_ttl_seconds
     )
