@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import redis
-from common import REPO, free_port, write_result
+from common import REPO, free_port, stop_process, write_result
 from http_load import MPNET, local_model_path
 
 PLAIN_LOAD = (
@@ -81,12 +81,7 @@ def first_embed_seconds(
                 time.sleep(0.05)
             raise RuntimeError(f"no /embed answer within {timeout} s")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def plain_load_seconds(model_path: Path) -> float:

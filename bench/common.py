@@ -76,13 +76,27 @@ class ApiServer:
         """SIGTERM, then SIGKILL if it lingers."""
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.process = None
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it lingers past 20 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def flush_private_redis(url: str) -> None:
+    """Empty the benchmark's Redis db, refusing db 0 (the shared warm cache)."""
+    import redis
+
+    if url.rstrip("/").endswith("/0"):
+        raise SystemExit("--redis-url: db 0 holds the shared warm cache; pick another db")
+    redis.Redis.from_url(url).flushdb()
 
 
 def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None = None) -> dict:

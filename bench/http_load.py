@@ -22,8 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import redis
-from common import ApiServer, dataset_texts, metric_value, percentiles, run_load, write_result
+from common import (
+    ApiServer,
+    dataset_texts,
+    flush_private_redis,
+    metric_value,
+    percentiles,
+    run_load,
+    write_result,
+)
 
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 BodyMaker = Callable[[list[str]], dict]
@@ -180,9 +187,7 @@ def start_server(arguments: argparse.Namespace, models: str) -> ApiServer:
 
 def main() -> int:
     arguments = parse_arguments()
-    if arguments.redis_url.rstrip("/").endswith("/0"):
-        raise SystemExit("--redis-url: db 0 holds the shared warm cache; pick another db")
-    redis.Redis.from_url(arguments.redis_url).flushdb()
+    flush_private_redis(arguments.redis_url)
     run_id = uuid.uuid4().hex[:6]
     texts = base_texts(arguments.texts, arguments.seed)
     print(f"baseline: SentenceTransformer.encode on {len(texts)} texts (before the server)")

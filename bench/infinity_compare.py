@@ -18,8 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import redis
-from common import free_port, wait_for_health, write_result
+from common import flush_private_redis, free_port, stop_process, wait_for_health, write_result
 from http_load import (
     MPNET,
     base_texts,
@@ -94,19 +93,12 @@ def run_infinity(arguments, texts: list[str], tag: str, workdir: Path) -> dict:
         tail = log_path.read_text(errors="replace")[-2000:]
         return {"command": shown, "error": f"{type(error).__name__}: {error}", "log_tail": tail}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def main() -> int:
     arguments = parse_arguments()
-    if arguments.redis_url.rstrip("/").endswith("/0"):
-        raise SystemExit("--redis-url: db 0 holds the shared warm cache; pick another db")
-    redis.Redis.from_url(arguments.redis_url).flushdb()
+    flush_private_redis(arguments.redis_url)
     run_id = uuid.uuid4().hex[:6]
     texts = base_texts(arguments.texts, arguments.seed)
     header()
