@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from api.errors import ApiError, UnauthorizedError
 from api.metrics import Metrics
@@ -54,12 +55,16 @@ async def require_json(request: Request) -> None:
         )
 
 
-def _check_key(request: Request, expected: str | None) -> None:
+def _check_key(request: Request, secret: SecretStr | None) -> None:
+    expected = secret.get_secret_value() if secret is not None else ""
     if not expected:
         return
     supplied = request.headers.get("authorization", "")
     scheme, _, token = supplied.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+    # Compared as bytes: compare_digest refuses non-ASCII str, which would be a 500.
+    supplied_bytes = token.strip().encode("utf-8", "surrogateescape")
+    matches = hmac.compare_digest(supplied_bytes, expected.encode())
+    if scheme.lower() != "bearer" or not matches:
         raise UnauthorizedError(
             "authorization: this endpoint needs 'Authorization: Bearer <API_KEY>'", "authorization"
         )

@@ -90,7 +90,8 @@ def _embedding_service(arguments: argparse.Namespace, settings: Any) -> tuple[An
     if arguments.embed_url:
         from embedder.remote import RemoteEmbeddingService
 
-        remote = RemoteEmbeddingService(arguments.embed_url, api_key=settings.api_key)
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        remote = RemoteEmbeddingService(arguments.embed_url, api_key=key)
         info = remote.describe()
         if arguments.model and arguments.model != info["model"]:
             raise _invalid(

@@ -117,13 +117,15 @@ class Encoder:
 
         """
         normalize = self.normalize if normalize is None else normalize
+        # The backend is not part of it: every backend that serves has passed the fidelity
+        # gate against fp32, so all of them share one space, one cache and the same heads.
+        # Neither is the model's name or path: the weights identify the model everywhere.
         parts = [
-            self.model_id,
+            "space-v2",
             self.resolved.weights_sha256,
             self.pooling,
             str(self.max_seq_len),
             "norm" if normalize else "raw",
-            self.backend_name,
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 

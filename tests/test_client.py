@@ -16,7 +16,7 @@ import redis
 
 from bertheads.client import ApiError, Client, ServerUnreachableError
 from embedder.remote import RemoteEmbeddingService
-from tests.conftest import MINILM, REPO, free_port
+from tests.conftest import MINILM, REPO, free_port, redis_db_url
 from tests.test_api_replicas import start_server, wait_healthy
 
 # A database of its own: the cache counts asserted here must not see other modules' flushes.
@@ -29,7 +29,7 @@ SERVER_QUEUE_TEXTS = 100
 @contextmanager
 def live_server(models_dir: Path, db: int, **env: str) -> Iterator[str]:
     """A real `uvicorn api.main:create_app` on a free port, serving MiniLM; yields its URL."""
-    redis_url = f"redis://127.0.0.1:6379/{db}"
+    redis_url = redis_db_url(db)
     redis.Redis.from_url(redis_url).flushdb()
     settings = {
         "EMBEDDER_MODEL": MINILM,

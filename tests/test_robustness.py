@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.main import create_app
-from tests.conftest import API_DB, REPO, free_port, make_settings
+from tests.conftest import API_DB, REPO, free_port, make_settings, redis_db_url
 
 KEY = "robust-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -86,7 +86,7 @@ class LiveServer:
 def live(tmp_path_factory) -> Iterator[tuple[LiveServer, httpx.Client, Path]]:
     root = tmp_path_factory.mktemp("robust")
     write_training_files(root / "train_data")
-    url = f"redis://127.0.0.1:6379/{API_DB}"
+    url = redis_db_url(API_DB)
     redis.Redis.from_url(url).flushdb()
     settings = make_settings(
         root, url, api_key=KEY, default_head="support", train_data_dir=root / "train_data"

@@ -17,7 +17,7 @@ from schemathesis.checks import not_a_server_error
 from starlette.testclient import TestClient
 
 from api.main import create_app
-from tests.conftest import API_DB, REPO, make_settings
+from tests.conftest import API_DB, REPO, make_settings, redis_db_url
 
 EXAMPLES_PER_OPERATION = 25
 
@@ -36,7 +36,7 @@ def one_error_shape(ctx: object, response: schemathesis.Response, case: schemath
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    url = f"redis://127.0.0.1:6379/{API_DB}"
+    url = redis_db_url(API_DB)
     redis.Redis.from_url(url).flushdb()
     data = root / "train_data"
     data.mkdir()

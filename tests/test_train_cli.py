@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import DATASETS, MINILM, REPO
+from conftest import DATASETS, MINILM, REPO, redis_db_url
 
 from classifier import load_head
 from classifier.train import main
 
-CLI_DB_URL = "redis://127.0.0.1:6379/14"
 needs_datasets = pytest.mark.skipif(
     not DATASETS.is_dir(), reason=f"the shared datasets are not at {DATASETS}"
 )
@@ -20,9 +19,9 @@ needs_datasets = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def cli_redis() -> Iterator[str]:
-    client = redis.Redis.from_url(CLI_DB_URL)
+    client = redis.Redis.from_url(redis_db_url(14))
     client.flushdb()
-    yield CLI_DB_URL
+    yield redis_db_url(14)
     client.flushdb()
     client.close()
 
@@ -38,7 +37,14 @@ def write_slice(source: Path, target: Path, rows: int, columns: list[str] | None
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "classifier/train.py", "--model", MINILM, "--redis-url", CLI_DB_URL]
+    command = [
+        sys.executable,
+        "classifier/train.py",
+        "--model",
+        MINILM,
+        "--redis-url",
+        redis_db_url(14),
+    ]
     return subprocess.run(
         [*command, *arguments], cwd=REPO, capture_output=True, text=True, timeout=300
     )
