@@ -16,7 +16,11 @@ from classifier.errors import (
     ClassifierError,
     CorruptHeadError,
     FingerprintMismatchError,
+    HeadBusyError,
     HeadNotFoundError,
+    HeadStoreError,
+    HeadStoreFullError,
+    TooManyHeadsError,
     TrainingDataError,
 )
 from embedder.errors import EmbedderError, ModelNotFoundError, QueueFullError
@@ -55,6 +59,13 @@ class UnauthorizedError(ApiError):
     kind = "authentication_error"
 
 
+class ConflictError(ApiError):
+    """The request is valid but the state of a head does not allow it now."""
+
+    status = 409
+    kind = "conflict_error"
+
+
 class NoHeadError(ApiError):
     """Predict was asked for while no head is loaded."""
 
@@ -72,6 +83,10 @@ class PayloadTooLargeError(ApiError):
 STATUS_TABLE: list[tuple[type[Exception], int, str]] = [
     (QueueFullError, 429, "rate_limit_error"),
     (HeadNotFoundError, 404, "not_found_error"),
+    (HeadBusyError, 409, "conflict_error"),
+    (TooManyHeadsError, 409, "conflict_error"),
+    (HeadStoreFullError, 507, "insufficient_storage"),
+    (HeadStoreError, 503, "service_unavailable"),
     (TrainingDataError, 422, "invalid_request_error"),
     (FingerprintMismatchError, 409, "conflict_error"),
     (CorruptHeadError, 503, "service_unavailable"),

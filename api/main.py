@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.registry = HeadRegistry.from_settings(settings, state.service, metrics)
         await run_in_threadpool(state.registry.start)
         app.state.bertheads = state
+        # Off the startup path: /predict answers 503 "being trained" until it is done.
+        state.registry.start_demo_training()
         logger.info("ready: %s", state.encoder.describe())
         try:
             yield

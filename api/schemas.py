@@ -99,3 +99,7 @@ class HealthResponse(BaseModel):
     cache: Literal["up", "down"]
     heads: list[str]
     default_head: str | None
+    head_store: Literal["up", "down"] = "up"
+    head_problems: dict[str, str] = Field(
+        default_factory=dict, description="Heads (or their live version) that cannot serve, why."
+    )

@@ -1,50 +1,54 @@
-"""Classifier heads on frozen-encoder vectors: training, evaluation, saved artifacts."""
+"""Classifier heads on frozen-encoder vectors: training, evaluation, saved artifacts.
 
-from classifier.artifacts import HeadRecord, list_heads, load_head, read_metadata, save_head
-from classifier.errors import (
-    ClassifierError,
-    CorruptHeadError,
-    EmptyDataError,
-    FingerprintMismatchError,
-    HeadNotFoundError,
-    InputShapeError,
-    InvalidParameterError,
-    MissingColumnError,
-    OptionalDependencyError,
-    SingleClassError,
-    TrainingDataError,
-    UnknownFileTypeError,
-)
-from classifier.heads import LogisticHead, MLPHead
-from classifier.loaded import LoadedHead
-from classifier.tasks import TaskSpec, encode_labels
-from classifier.training import TrainedHead, build_head, cross_validate_head, train_head
+Names are imported on first use (PEP 562), so `import classifier.headfile` (the serving
+path) does not pull in scikit-learn or torch, which only training needs.
+"""
 
-__all__ = [
-    "ClassifierError",
-    "CorruptHeadError",
-    "EmptyDataError",
-    "FingerprintMismatchError",
-    "HeadNotFoundError",
-    "HeadRecord",
-    "InputShapeError",
-    "InvalidParameterError",
-    "LoadedHead",
-    "LogisticHead",
-    "MLPHead",
-    "MissingColumnError",
-    "OptionalDependencyError",
-    "SingleClassError",
-    "TaskSpec",
-    "TrainedHead",
-    "TrainingDataError",
-    "UnknownFileTypeError",
-    "build_head",
-    "cross_validate_head",
-    "encode_labels",
-    "list_heads",
-    "load_head",
-    "read_metadata",
-    "save_head",
-    "train_head",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "HeadRecord": "classifier.artifacts",
+    "list_heads": "classifier.artifacts",
+    "load_head": "classifier.artifacts",
+    "read_metadata": "classifier.artifacts",
+    "save_head": "classifier.artifacts",
+    "ClassifierError": "classifier.errors",
+    "CorruptHeadError": "classifier.errors",
+    "EmptyDataError": "classifier.errors",
+    "FingerprintMismatchError": "classifier.errors",
+    "HeadNotFoundError": "classifier.errors",
+    "InputShapeError": "classifier.errors",
+    "InvalidParameterError": "classifier.errors",
+    "LegacyHeadError": "classifier.errors",
+    "MissingColumnError": "classifier.errors",
+    "OptionalDependencyError": "classifier.errors",
+    "SingleClassError": "classifier.errors",
+    "TrainingDataError": "classifier.errors",
+    "UnknownFileTypeError": "classifier.errors",
+    "UnsignedHeadError": "classifier.errors",
+    "LogisticHead": "classifier.heads",
+    "MLPHead": "classifier.heads",
+    "LoadedHead": "classifier.loaded",
+    "TaskSpec": "classifier.tasks",
+    "encode_labels": "classifier.tasks",
+    "TrainedHead": "classifier.training",
+    "build_head": "classifier.training",
+    "cross_validate_head": "classifier.training",
+    "train_head": "classifier.training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'classifier' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -38,7 +38,7 @@ class HeadNotFoundError(ClassifierError):
 
 
 class CorruptHeadError(ClassifierError):
-    """A saved head failed its checksum or its metadata cannot be read; it is never unpickled."""
+    """A saved head failed its checks (checksum, signature, format) or cannot be read."""
 
 
 class FingerprintMismatchError(ClassifierError):
@@ -47,3 +47,43 @@ class FingerprintMismatchError(ClassifierError):
 
 class OptionalDependencyError(ClassifierError):
     """An optional extra (e.g. MLflow) is needed but not installed."""
+
+
+class LegacyHeadError(CorruptHeadError):
+    """A head saved in the old joblib (pickle) format; it is refused, never unpickled."""
+
+
+class UnsignedHeadError(CorruptHeadError):
+    """HEADS_SIGNING_KEY is set and a head carries no signature, or a wrong one."""
+
+
+class LivePointerError(CorruptHeadError):
+    """A head's live pointer is empty or unreadable; nothing rolls forward silently."""
+
+
+class HeadStoreError(ClassifierError):
+    """The head store failed (base class of the store's named errors)."""
+
+
+class HeadStoreUnavailableError(HeadStoreError):
+    """The head store cannot be reached (Redis down, folder unmounted)."""
+
+
+class HeadStoreFullError(HeadStoreError):
+    """The head store has no room left (ENOSPC on disk, OOM in Redis); nothing was saved."""
+
+
+class HeadStoreConfigError(HeadStoreError):
+    """The head store is set up in a way that can lose heads (e.g. an evicting Redis)."""
+
+
+class HeadBusyError(HeadStoreError):
+    """Another process holds the head's lock (a train, rollback or delete is committing)."""
+
+
+class TooManyHeadsError(ClassifierError):
+    """Saving would create one head more than MAX_HEADS allows."""
+
+
+class PersistError(ClassifierError):
+    """A component cannot be turned into plain arrays and JSON (a programming error)."""

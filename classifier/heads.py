@@ -3,6 +3,10 @@
 `fit(X, y)` takes y as class labels (n,) for binary / multi-class, or a 0/1 matrix
 (n, L) for multi-label. `predict_proba` columns follow `classes_` (for multi-label,
 `classes_` is the label column indices and each column is that label's probability).
+
+A fitted head saves as a `classifier.dense.DenseClassifier` (`to_state`, see
+classifier.persist): the same probabilities from numpy alone, so serving a saved head
+imports neither torch nor scikit-learn.
 """
 
 from typing import Any
@@ -14,8 +18,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 
-from classifier.errors import InvalidParameterError, SingleClassError
-from classifier.network import forward, train_network
+from classifier.dense import DenseClassifier, forward
+from classifier.errors import InvalidParameterError, PersistError, SingleClassError
+from classifier.network import train_network
 from classifier.resampling import resample_indices
 from classifier.tasks import stratify_key
 from classifier.weighting import Alpha, balanced_weights, make_loss, resolve_alpha
@@ -141,6 +146,46 @@ class _Head(ClassifierMixin, BaseEstimator):
         if self.multilabel_:
             return (probabilities >= 0.5).astype(np.int64)
         return self.classes_[probabilities.argmax(axis=1)]
+
+    # -- persistence (classifier.persist): a fitted head serves as a DenseClassifier ------
+
+    persist_kind = DenseClassifier.persist_kind
+
+    def to_serving(self) -> DenseClassifier:
+        """The fitted head as a numpy-only DenseClassifier with the same probabilities."""
+        if not hasattr(self, "scaler_mean_"):
+            raise PersistError(f"{type(self).__name__}: fit it before saving")
+        output = {"binary": "binary", "multiclass": "softmax", "multilabel": "sigmoid"}[self.task_]
+        if hasattr(self, "estimator_"):
+            weight, bias = _linear_weights(self.estimator_, self.n_features_in_)
+            weights, biases = [weight], [bias]
+        else:
+            weights, biases = list(self.weights_), list(self.biases_)
+        return DenseClassifier(
+            self.scaler_mean_, self.scaler_scale_, weights, biases, output, self.classes_.tolist()
+        )
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The DenseClassifier's state (see classifier.persist)."""
+        return self.to_serving().to_state()
+
+
+def _linear_weights(model: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weight (d, out), bias (out,)) of a fitted LogisticRegression or one-vs-rest of them."""
+    if isinstance(model, OneVsRestClassifier):
+        columns = [_linear_weights(part, width) for part in model.estimators_]
+        weight = np.concatenate([column[0] for column in columns], axis=1)
+        return weight, np.concatenate([column[1] for column in columns])
+    if hasattr(model, "coef_"):
+        return (
+            np.asarray(model.coef_, dtype=np.float32).T.copy(),
+            np.asarray(model.intercept_, dtype=np.float32).copy(),
+        )
+    # A one-vs-rest column with one class in its rows: a constant probability.
+    positive = float(model.predict_proba(np.zeros((1, width), dtype=np.float32))[0, -1])
+    positive = min(max(positive, 1e-7), 1 - 1e-7)
+    bias = np.array([np.log(positive / (1 - positive))], dtype=np.float32)
+    return np.zeros((width, 1), dtype=np.float32), bias
 
 
 class LogisticHead(_Head):

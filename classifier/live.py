@@ -1,73 +1,58 @@
-"""Which saved version of a head serves: the newest, unless a rollback pinned an older one.
+"""Which saved version of a head serves: the one its live pointer names. Same rules in every store.
 
-`<models_dir>/<name>/live.json` records a pinned version and the newest version at the time
-it was pinned. A version saved after that (by the API or the command line) goes live again,
-so "train, then serve" needs no extra step, while a rollback sticks until the next train.
+Every save that goes live and every rollback writes the pointer, JSON
+`{"version": N, "reason": "train" | "rollback" | ..., "set": "<UTC time>"}`. Then:
+
+* no pointer at all (a head saved before pointers, or a crash between the first save and
+  its pointer): the newest version serves;
+* a pointer of the first format, `{"version": V, "newest": M}`, keeps its rule: a version
+  newer than M serves, else V;
+* an empty or unreadable pointer, or one naming a version that does not exist, raises
+  LivePointerError: the operator sees it (GET /heads/{name}, the log) and pins a version
+  with a rollback. Nothing rolls forward silently.
 """
 
 import json
-import os
-import tempfile
-from pathlib import Path
+from datetime import UTC, datetime
 
-from classifier.artifacts import NAME_PATTERN, versions_in
+from classifier.errors import LivePointerError
 
 POINTER = "live.json"
 
 
-def list_versions(models_dir: Path, name: str) -> list[int]:
-    """Saved versions of `name`, oldest first (a version exists once its JSON does)."""
-    return versions_in(Path(models_dir) / name)
+def encode_pointer(version: int, reason: str) -> bytes:
+    """The pointer bytes that pin `version`."""
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    return json.dumps({"version": int(version), "reason": reason, "set": created}).encode()
 
 
-def head_names(models_dir: Path) -> list[str]:
-    """Names of the heads with at least one saved version."""
-    root = Path(models_dir)
-    if not root.is_dir():
-        return []
-    return sorted(
-        entry.name
-        for entry in root.iterdir()
-        if entry.is_dir() and NAME_PATTERN.match(entry.name) and list_versions(root, entry.name)
-    )
+def resolve_live(name: str, versions: list[int], pointer: bytes | None) -> int | None:
+    """The version that serves, given the saved versions (oldest first) and the pointer bytes.
 
+    Raises:
+        LivePointerError: The pointer is empty, unreadable or names a missing version.
 
-def _read_pointer(models_dir: Path, name: str) -> dict[str, int] | None:
-    try:
-        pointer = json.loads((Path(models_dir) / name / POINTER).read_text())
-        return {"version": int(pointer["version"]), "newest": int(pointer["newest"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def live_version(models_dir: Path, name: str) -> int | None:
-    """The version that should serve, or None if the head has none."""
-    versions = list_versions(models_dir, name)
+    """
     if not versions:
         return None
-    pointer = _read_pointer(models_dir, name)
-    if pointer and pointer["version"] in versions and versions[-1] <= pointer["newest"]:
-        return pointer["version"]
-    return versions[-1]
-
-
-def set_live_version(models_dir: Path, name: str, version: int) -> None:
-    """Pin `version` as live (atomic: write a temporary file, then rename)."""
-    directory = Path(models_dir) / name
-    newest = list_versions(models_dir, name)[-1]
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump({"version": version, "newest": newest}, stream)
-    os.replace(temporary, directory / POINTER)
-
-
-def live_stamp(models_dir: Path, name: str) -> tuple[int, int] | None:
-    """A cheap token that changes whenever the live version or its files change."""
-    version = live_version(models_dir, name)
-    if version is None:
-        return None
+    if pointer is None:
+        return versions[-1]
+    fix = f"pin a version with POST /heads/{name}/rollback"
     try:
-        changed = (Path(models_dir) / name / f"v{version}.json").stat().st_mtime_ns
-    except OSError:
-        return None
-    return version, changed
+        data = json.loads(pointer.decode("utf-8"))
+        version = int(data["version"])
+        newest = int(data["newest"]) if "newest" in data else None
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        what = "empty" if not pointer.strip() else "unreadable"
+        raise LivePointerError(
+            f"head {name!r}: the live pointer is {what}; no version is switched to until an "
+            f"operator does: {fix}"
+        ) from None
+    if newest is not None and versions[-1] > newest:
+        return versions[-1]
+    if version not in versions:
+        raise LivePointerError(
+            f"head {name!r}: the live pointer names v{version}, which does not exist "
+            f"(versions: {versions}); {fix}"
+        )
+    return version

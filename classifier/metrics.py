@@ -1,4 +1,8 @@
-"""Evaluation metrics and per-label decision thresholds, as plain JSON-ready dicts."""
+"""Evaluation metrics and per-label decision thresholds, as plain JSON-ready dicts.
+
+`decide` lives in classifier.decisions (numpy only, for the serving path); it is
+re-exported here for the training code.
+"""
 
 import math
 from typing import Any
@@ -15,6 +19,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from classifier.decisions import decide
 from classifier.tasks import TaskSpec
 
 
@@ -36,16 +41,6 @@ def tune_thresholds(targets: np.ndarray, probabilities: np.ndarray) -> list[floa
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         thresholds.append(float(cuts[int(np.argmax(f1[:-1]))]))
     return thresholds
-
-
-def decide(spec: TaskSpec, probabilities: np.ndarray, thresholds: list[float] | None) -> np.ndarray:
-    """Predicted class indices (n,) or a 0/1 matrix (n, L), using thresholds where given."""
-    if spec.multilabel:
-        cuts = np.asarray(thresholds if thresholds is not None else [0.5] * probabilities.shape[1])
-        return (probabilities >= cuts[None, :]).astype(np.int64)
-    if spec.task == "binary" and thresholds is not None:
-        return (probabilities[:, 1] >= thresholds[0]).astype(np.int64)
-    return probabilities.argmax(axis=1)
 
 
 def _score(function: Any, *args: Any, **kwargs: Any) -> float | None:

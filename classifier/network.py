@@ -1,7 +1,7 @@
 """The torch trainer shared by the focal-loss linear head and the MLP head.
 
 Training happens in torch; the learned weights are kept as float32 numpy arrays, so a
-saved head predicts with numpy alone.
+saved head predicts with numpy alone (classifier.dense).
 """
 
 from collections.abc import Callable
@@ -36,18 +36,6 @@ def _build(
         width = size
     layers.append(nn.Linear(width, n_outputs))
     return nn.Sequential(*layers)
-
-
-def forward(
-    features: np.ndarray, weights: list[np.ndarray], biases: list[np.ndarray]
-) -> np.ndarray:
-    """Logits of a trained network, computed with numpy (ReLU between layers)."""
-    hidden = features
-    for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-        hidden = hidden @ weight + bias
-        if layer < len(weights) - 1:
-            hidden = np.maximum(hidden, 0)
-    return hidden
 
 
 def train_network(*args: Any, **kwargs: Any) -> TrainingRun:

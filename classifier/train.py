@@ -1,7 +1,8 @@
 """Train a classifier head from a labelled file: `python classifier/train.py --data FILE ...`.
 
 Embeds through the cached embedding service, fits and evaluates a head, writes
-metrics.json and plots to --out, and saves the head as the next version in the models dir.
+metrics.json and plots to --out, and saves the head as the next live version in the head
+store (HEAD_STORE: a folder, by default MODELS_DIR, or a Redis URL).
 Bad input exits with code 2 and a one-line message.
 """
 
@@ -46,7 +47,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output dir for metrics and plots (runs/<name>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="encoder (default: EMBEDDER_MODEL)")
-    parser.add_argument("--models-dir", type=Path, help="saved heads (default: MODELS_DIR)")
+    stores = parser.add_mutually_exclusive_group()
+    stores.add_argument(
+        "--head-store", help="where heads live: a folder or redis://... (default: HEAD_STORE)"
+    )
+    stores.add_argument("--models-dir", type=Path, help="a folder of heads (same as --head-store)")
     parser.add_argument("--redis-url", help="embedding cache (default: REDIS_URL)")
     parser.add_argument(
         "--embed-url", help="embed through a running bertheads server, e.g. http://gpu-box:8000"
@@ -107,10 +112,45 @@ def _embedding_service(arguments: argparse.Namespace, settings: Any) -> tuple[An
     return EmbeddingService(encoder, cache), encoder.describe()
 
 
+def _save(
+    arguments: argparse.Namespace,
+    settings: Any,
+    trained: Any,
+    name: str,
+    encoder_info: dict[str, Any],
+    data_hashes: dict[str, str],
+    metrics: dict[str, Any],
+) -> Any:
+    """Publish the head as the next live version, with the API's signing, pruning and cap."""
+    from classifier.artifacts import save_head
+    from classifier.stores import open_store
+
+    location = arguments.head_store or arguments.models_dir or settings.head_store_location
+    store = open_store(location, trash_retention_seconds=settings.trash_retention_seconds)
+    key = settings.heads_signing_key.get_secret_value() if settings.heads_signing_key else ""
+    try:
+        return save_head(
+            trained,
+            store,
+            name,
+            encoder_info,
+            data_hashes,
+            extra={
+                "evaluation_metrics": {
+                    k: metrics.get(k) for k in ("accuracy", "macro_f1", "roc_auc")
+                }
+            },
+            signing_key=key.encode() or None,
+            versions_kept=settings.head_versions_kept,
+            max_heads=settings.max_heads,
+        )
+    finally:
+        store.close()
+
+
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate, plot and save; returns the metrics written to metrics.json."""
     from bertheads.settings import Settings
-    from classifier.artifacts import save_head
     from classifier.data import file_sha256, read_labelled
     from classifier.plots import save_plots
     from classifier.tasks import encode_labels
@@ -196,9 +236,10 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
                 metrics[key], metrics[f"{key}_std"] = value["mean"], value["std"]
         metrics["cv_folds"] = summary["folds"]
         metrics["fit_seconds"] = trained.fit_seconds
-    data_hashes = {str(arguments.data): file_sha256(arguments.data)}
+    # File names, not paths: the metadata is served by GET /heads/{name}.
+    data_hashes = {arguments.data.name: file_sha256(arguments.data)}
     if arguments.test:
-        data_hashes[str(arguments.test)] = file_sha256(arguments.test)
+        data_hashes[arguments.test.name] = file_sha256(arguments.test)
     metrics["timings"] = {
         "load_encoder_seconds": loaded_at - started,
         "embed_seconds": embedded_at - loaded_at,
@@ -216,23 +257,8 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     metrics["thresholds"] = trained.thresholds
     plots = save_plots(out_dir, trained.spec, metrics, trained.evaluation, trained.loss_history)
     if not arguments.no_save:
-        record = save_head(
-            trained,
-            arguments.models_dir or settings.models_dir,
-            name,
-            encoder_info,
-            data_hashes,
-            extra={
-                "evaluation_metrics": {
-                    k: metrics.get(k) for k in ("accuracy", "macro_f1", "roc_auc")
-                }
-            },
-        )
-        metrics["saved"] = {
-            "name": name,
-            "version": record.version,
-            "path": str(record.joblib_path),
-        }
+        record = _save(arguments, settings, trained, name, encoder_info, data_hashes, metrics)
+        metrics["saved"] = {"name": name, "version": record.version, "store": record.location}
     metrics["timings"]["total_seconds"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(
@@ -266,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if "saved" in metrics:
         saved = metrics["saved"]
-        print(f"saved {saved['name']} v{saved['version']}: {saved['path']}")
+        print(f"saved {saved['name']} v{saved['version']} in {saved['store']}")
     return 0
 
 

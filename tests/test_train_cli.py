@@ -90,7 +90,7 @@ def test_end_to_end_train_save_load_and_cached_rerun(tmp_path, minilm):
     assert loaded.version == 1 and loaded.spec.labels == ("hate", "noHate")
     rows = loaded.predict(minilm.encode(["a perfectly friendly sentence about gardening"]))
     assert rows[0]["label"] in ("hate", "noHate")
-    assert loaded.metadata["data_hashes"][str(train)]
+    assert loaded.metadata["data_hashes"][train.name]
 
     again = run_cli(
         "--data",

@@ -11,7 +11,6 @@ from api.deps import JsonBody, ReadAccess, StateDep, WriteAccess
 from api.errors import InvalidInputError
 from api.schemas import RollbackRequest, TrainRequest
 from api.validation import checked_texts
-from classifier import live
 from classifier.data import file_sha256, read_labelled
 from classifier.errors import TrainingDataError
 
@@ -24,13 +23,9 @@ MAX_TRAIN_EXAMPLES = 200_000
 
 @router.get("/heads", dependencies=[ReadAccess])
 async def list_heads(state: StateDep) -> dict:
-    """Every head in the models directory, live or not."""
+    """Every head in the head store, live or not (store reads run off the event loop)."""
     registry = state.registry
-    heads = []
-    for name in live.head_names(registry.models_dir):
-        summary = registry.describe(name)
-        summary["version_count"] = len(summary.pop("versions"))
-        heads.append(summary)
+    heads = await run_in_threadpool(registry.summaries)
     default = registry.default_head if registry.default_head in registry.names() else None
     return {"heads": heads, "default_head": default}
 
@@ -38,7 +33,7 @@ async def list_heads(state: StateDep) -> dict:
 @router.get("/heads/{name}", dependencies=[ReadAccess])
 async def describe_head(name: HeadName, state: StateDep) -> dict:
     """One head: live version, all versions with their metadata."""
-    return state.registry.describe(name)
+    return await run_in_threadpool(state.registry.describe, name)
 
 
 def _examples_to_rows(body: TrainRequest) -> tuple[list[str], Any, dict[str, str]]:
@@ -159,5 +154,5 @@ async def rollback(name: HeadName, state: StateDep, body: RollbackRequest | None
 
 @router.delete("/heads/{name}", dependencies=[WriteAccess])
 async def delete(name: HeadName, state: StateDep) -> dict:
-    """Take the head out of service (its files move to the models directory's .trash/)."""
+    """Take the head out of service (it moves to the head store's trash)."""
     return await run_in_threadpool(state.registry.delete, name)

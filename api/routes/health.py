@@ -11,12 +11,14 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/health", response_model=HealthResponse)
 async def health(state: StateDep) -> dict:
-    """Model, vector space, cache state and heads; `degraded` while Redis is down."""
+    """Model, vector space, cache, head store and heads; `degraded` while a store is down."""
     cache_up = await run_in_threadpool(state.cache.ping)
-    heads = state.registry.names() if state.registry else []
+    registry = state.registry
+    heads = registry.names() if registry else []
     default = state.settings.default_head if state.settings.default_head in heads else None
+    store_up = registry is None or registry.store_error is None
     return {
-        "status": "ok" if cache_up else "degraded",
+        "status": "ok" if cache_up and store_up else "degraded",
         "model": state.encoder.model_id,
         "dim": state.encoder.dim,
         "fingerprint": state.encoder.fingerprint(),
@@ -24,6 +26,8 @@ async def health(state: StateDep) -> dict:
         "cache": "up" if cache_up else "down",
         "heads": heads,
         "default_head": default,
+        "head_store": "up" if store_up else "down",
+        "head_problems": registry.problems if registry else {},
     }
 
 
