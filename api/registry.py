@@ -222,7 +222,7 @@ class HeadRegistry:
                     logger.info("head %r removed", name)
                 for name in sorted(names):
                     self._refresh_head(name, heads, problems)
-                if due:
+                if force or due:
                     self.store.purge_trash()
             except HeadStoreError as error:
                 if self._store_error != str(error):
@@ -251,7 +251,7 @@ class HeadRegistry:
         except ClassifierError as error:
             message = f"{error}{still}"
             if problems.get(name) != message:
-                logger.warning("head %r: %s", name, message)
+                logger.warning("%s", message)
             problems[name] = message
             return
         self._install(head, heads, problems)

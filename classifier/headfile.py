@@ -158,7 +158,10 @@ def read_header(artifact: bytes) -> dict[str, str]:
 
 
 def _parse_head(artifact: bytes, label: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    header = read_header(artifact)
+    try:
+        header = read_header(artifact)
+    except CorruptHeadError as error:
+        raise CorruptHeadError(f"{label}: {error}") from None
     if header.get("format") != FORMAT or header.get("format_version") != str(FORMAT_VERSION):
         raise CorruptHeadError(
             f"{label}: artifact format {header.get('format')!r} "
@@ -207,8 +210,16 @@ def decode_head(
         raise CorruptHeadError(f"{label}: artifact header lacks {error}") from None
     if task not in TASKS or not labels or not set(inputs) <= {"vectors", "texts"}:
         raise CorruptHeadError(f"{label}: artifact header has task {task!r}, inputs {inputs}")
-    if metadata.get("task", task) != task or list(metadata.get("labels", labels)) != list(labels):
-        raise CorruptHeadError(f"{label}: metadata task/labels differ from the artifact's")
+    described = metadata.get("encoder", {})
+    if (
+        metadata.get("task", task) != task
+        or list(metadata.get("labels", labels)) != list(labels)
+        or not isinstance(described, dict)
+        or str(described.get("fingerprint", fingerprint)) != fingerprint
+    ):
+        raise CorruptHeadError(
+            f"{label}: metadata task, labels or encoder differ from the artifact's"
+        )
     try:
         model = persist.load(tree, arrays)
     except CorruptHeadError as error:

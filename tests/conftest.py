@@ -83,8 +83,9 @@ def free_port() -> int:
 class RedisProcess:
     """A throw-away redis-server on a spare port, for tests that kill it."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *extra_args: str) -> None:
         self.port = port
+        self.extra_args = extra_args  # e.g. "--maxmemory", "1mb"
         self.process: subprocess.Popen | None = None
 
     @property
@@ -103,6 +104,7 @@ class RedisProcess:
                 "no",
                 "--bind",
                 "127.0.0.1",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
         )

@@ -45,12 +45,14 @@ def test_save_load_predict_round_trip(tmp_path, minilm, trained_on_minilm):
     second = save_head(trained, tmp_path, "sentiment", minilm.describe())
     assert (first.version, second.version) == (1, 2)
     assert sorted(path.name for path in (tmp_path / "sentiment").iterdir()) == [
-        "v1.joblib",
+        "live.json",
         "v1.json",
-        "v2.joblib",
+        "v1.safetensors",
         "v2.json",
+        "v2.safetensors",
     ]
-    metadata = json.loads(first.metadata_path.read_text())
+    metadata = json.loads((tmp_path / "sentiment" / "v1.json").read_text())
+    assert metadata == first.metadata
     for key in (
         "name",
         "version",
@@ -62,7 +64,8 @@ def test_save_load_predict_round_trip(tmp_path, minilm, trained_on_minilm):
         "params",
         "data_hashes",
         "metrics",
-        "joblib_sha256",
+        "artifact_sha256",
+        "artifact_bytes",
     ):
         assert key in metadata
     assert metadata["encoder"]["fingerprint"] == minilm.fingerprint()
@@ -98,13 +101,14 @@ def test_multilabel_prediction_uses_stored_thresholds(tmp_path):
         assert row["labels"] == expected
 
 
-def test_corrupt_or_tampered_joblib_is_refused_without_unpickling(
+def test_corrupt_or_tampered_artifact_is_refused_without_unpickling(
     tmp_path, trained_on_minilm, minilm
 ):
     trained, _ = trained_on_minilm
-    record = save_head(trained, tmp_path, "sentiment", minilm.describe())
-    content = record.joblib_path.read_bytes()
-    record.joblib_path.write_bytes(content[: len(content) // 2])  # truncated
+    save_head(trained, tmp_path, "sentiment", minilm.describe())
+    artifact = tmp_path / "sentiment" / "v1.safetensors"
+    content = artifact.read_bytes()
+    artifact.write_bytes(content[: len(content) // 2])  # truncated
     with pytest.raises(CorruptHeadError, match="checksum"):
         load_head(tmp_path, "sentiment")
     marker = tmp_path / "unpickled"
@@ -113,11 +117,11 @@ def test_corrupt_or_tampered_joblib_is_refused_without_unpickling(
         def __reduce__(self):
             return (os.mkdir, (str(marker),))
 
-    record.joblib_path.write_bytes(pickle.dumps(Payload()))  # would run code if unpickled
+    artifact.write_bytes(pickle.dumps(Payload()))  # would run code if unpickled
     with pytest.raises(CorruptHeadError):
         load_head(tmp_path, "sentiment")
     assert not marker.exists()
-    record.joblib_path.unlink()
+    artifact.unlink()
     with pytest.raises(CorruptHeadError, match="missing"):
         load_head(tmp_path, "sentiment")
 

@@ -74,6 +74,8 @@ class RedisStore(HeadStore):
         trash_retention_seconds: Expiry of deleted heads' and pruned versions' keys.
         client: An existing client instead of `url` (tests, embedding in other tools).
         check_policy: Read maxmemory-policy now and refuse an allkeys-* instance.
+        lock_ttl_seconds: A lock's TTL; renewed every third of it while held, so a
+            crashed holder frees the head after at most this long.
 
     """
 
@@ -84,6 +86,7 @@ class RedisStore(HeadStore):
         trash_retention_seconds: float = 7 * 24 * 3600,
         client: redis.Redis | None = None,
         check_policy: bool = True,
+        lock_ttl_seconds: float = LOCK_TTL_SECONDS,
     ) -> None:
         if client is None:
             if url is None:
@@ -94,6 +97,7 @@ class RedisStore(HeadStore):
         self.client = client
         self.location = redacted(url) if url else repr(client)
         self.trash_retention_seconds = trash_retention_seconds
+        self.lock_ttl_seconds = lock_ttl_seconds
         if check_policy:
             self.check_eviction_policy()
 
@@ -109,14 +113,20 @@ class RedisStore(HeadStore):
                 f"the head store does not answer while {what} ({type(error).__name__})"
             ) from None
         except redis.ResponseError as error:
-            if "OOM" in str(error):
+            # A pipeline's message quotes the command, artifact bytes included: never echo it.
+            text = str(error)
+            if isinstance(error, redis.exceptions.OutOfMemoryError) or "maxmemory" in text:
                 raise HeadStoreFullError(
                     f"the head store is out of memory while {what}; nothing was saved. "
                     "Raise its maxmemory or delete old heads"
                 ) from None
-            raise HeadStoreError(f"the head store refused {what} ({error})") from None
+            raise HeadStoreError(
+                f"the head store refused {what} ({type(error).__name__})"
+            ) from None
         except redis.RedisError as error:
-            raise HeadStoreError(f"the head store failed while {what} ({error})") from None
+            raise HeadStoreError(
+                f"the head store failed while {what} ({type(error).__name__})"
+            ) from None
 
     def check_eviction_policy(self) -> str | None:
         """maxmemory-policy of the instance; allkeys-* raises, volatile-* warns."""
@@ -312,7 +322,7 @@ class RedisStore(HeadStore):
         check_name(name)
         lock = self.client.lock(
             _key(name, "lock"),
-            timeout=LOCK_TTL_SECONDS,
+            timeout=self.lock_ttl_seconds,
             blocking_timeout=wait_seconds,
             thread_local=False,
         )
@@ -325,7 +335,7 @@ class RedisStore(HeadStore):
         stop = threading.Event()
 
         def renew() -> None:
-            while not stop.wait(LOCK_TTL_SECONDS / 3):
+            while not stop.wait(self.lock_ttl_seconds / 3):
                 try:
                     lock.reacquire()
                 except redis.RedisError as error:
