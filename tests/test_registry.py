@@ -358,3 +358,35 @@ def test_a_full_disk_answers_507_and_keeps_serving(tmp_path, redis_url):
             assert client.post("/heads/h/train", json=examples, headers=AUTH).status_code == 200
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_cancelled_train_commits_nothing(new_store, registries):
+    from bertheads.cancel import CancelledError, CancelToken
+
+    store = new_store("folder")
+    registry = registries(store)
+    texts, labels = support(40)
+    token = CancelToken()
+    token.cancel("client went away")
+    with pytest.raises(CancelledError, match="client went away"):
+        registry.train("h", texts, labels, {"head": "logreg"}, cancel=token)
+    assert store.names() == [] and registry.live("h") is None
+
+
+def test_a_head_store_that_goes_down_degrades_health_and_heads_keep_serving(
+    tmp_path, redis_url, spare_redis
+):
+    settings = make_settings(tmp_path, redis_url, api_key=KEY, head_store=spare_redis.url)
+    with TestClient(create_app(settings)) as client:
+        examples = {"examples": support_examples(60)}
+        assert client.post("/heads/h/train", json=examples, headers=AUTH).status_code == 200
+        spare_redis.kill()
+        registry = client.app.state.bertheads.registry
+        eventually(lambda: registry.store_error is not None)
+        health = client.get("/health").json()
+        assert health["head_store"] == "down" and health["status"] == "degraded"
+        served = client.post("/predict", json={"texts": ["refund"], "head": "h"})
+        assert served.status_code == 200 and served.json()["version"] == 1
+        refused = client.post("/heads/h/train", json=examples, headers=AUTH)
+        assert refused.status_code == 503 and "does not answer" in refused.text
+        assert "127.0.0.1" not in refused.text

@@ -118,10 +118,15 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    # DEMO_HEAD_ON_START trains `demo` from data/demo_support.csv before /health answers.
+    # DEMO_HEAD_ON_START trains `demo` from data/demo_support.csv in the background once
+    # the server is up; the page needs it, so wait for it.
     with live_server(
         tmp_path_factory.mktemp("web") / "models", API_DB, DEMO_HEAD_ON_START="true"
     ) as url:
+        deadline = time.monotonic() + 300
+        while "demo" not in httpx.get(f"{url}/health", timeout=5).json()["heads"]:
+            assert time.monotonic() < deadline, "the demo head was not trained"
+            time.sleep(0.2)
         yield url
 
 
