@@ -11,6 +11,7 @@ Each version keeps its number: `vN.safetensors` is written (durably), the predic
 the converted head are compared with the pickled estimator's on random vectors, then
 `vN.json` is replaced by the new sidecar and `vN.joblib` moves to `.trash/`. A live
 pointer of the first format is rewritten in the current one, pinning the same version.
+With HEADS_SIGNING_KEY set, the converted heads are signed with it.
 """
 
 import argparse
@@ -55,8 +56,14 @@ def _estimator(path: Path, metadata: dict[str, Any], label: str) -> Any:
     return payload["estimator"] if isinstance(payload, dict) else payload
 
 
-def convert_version(store: FolderStore, name: str, version: int, dry_run: bool = False) -> str:
-    """Convert one legacy version in place; returns what happened, raises on failure."""
+def convert_version(
+    store: FolderStore,
+    name: str,
+    version: int,
+    dry_run: bool = False,
+    signing_key: bytes | None = None,
+) -> str:
+    """Convert one legacy version in place (signed when a key is given); raises on failure."""
     label = f"head {name!r} v{version}"
     metadata = store.read_metadata(name, version)
     if not headfile.is_legacy(metadata):
@@ -68,13 +75,15 @@ def convert_version(store: FolderStore, name: str, version: int, dry_run: bool =
     spec = TaskSpec(metadata["task"], tuple(metadata["labels"]))
     artifact = headfile.encode_head(estimator, spec, metadata.get("thresholds"), encoder)
     sidecar = {key: value for key, value in metadata.items() if key not in LEGACY_KEYS}
-    sidecar.update(headfile.artifact_fields(artifact, None))
+    sidecar.update(headfile.artifact_fields(artifact, signing_key))
     sidecar["converted"] = {
         "from": "joblib",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "joblib_sha256": metadata.get("joblib_sha256"),
     }
-    loaded = headfile.decode_head(artifact, sidecar, name=name, version=version)
+    loaded = headfile.decode_head(
+        artifact, sidecar, name=name, version=version, signing_key=signing_key
+    )
     probe = np.random.default_rng(version).normal(size=(64, int(encoder["dim"])))
     probe = probe.astype(np.float32)
     difference = float(np.abs(loaded.predict_proba(probe) - estimator.predict_proba(probe)).max())
@@ -114,14 +123,16 @@ def convert_pointer(store: FolderStore, name: str, dry_run: bool = False) -> str
     return f"head {name!r}: live pointer rewritten, v{version} stays live"
 
 
-def convert(models_dir: Path, dry_run: bool = False) -> tuple[list[str], list[str]]:
+def convert(
+    models_dir: Path, dry_run: bool = False, signing_key: bytes | None = None
+) -> tuple[list[str], list[str]]:
     """Convert every legacy version under `models_dir`; returns (done, failed) messages."""
     store = FolderStore(models_dir)
     done, failed = [], []
     for name in store.names():
         for version in store.versions(name):
             try:
-                done.append(convert_version(store, name, version, dry_run))
+                done.append(convert_version(store, name, version, dry_run, signing_key))
             except (ClassifierError, OSError, KeyError, ValueError) as error:
                 failed.append(f"head {name!r} v{version}: {error}")
             except Exception as error:  # an unpickling failure can raise anything
@@ -151,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     if not arguments.models_dir.is_dir():
         print(f"error: {arguments.models_dir} is not a folder", file=sys.stderr)
         return 2
-    done, failed = convert(arguments.models_dir, arguments.dry_run)
+    from bertheads.settings import Settings
+
+    secret = Settings().heads_signing_key
+    key = secret.get_secret_value().encode() if secret is not None else b""
+    done, failed = convert(arguments.models_dir, arguments.dry_run, key or None)
     for message in done:
         print(message)
     for message in failed:

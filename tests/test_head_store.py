@@ -21,6 +21,7 @@ from classifier.errors import (
     HeadStoreConfigError,
     HeadStoreFullError,
     HeadStoreUnavailableError,
+    InvalidParameterError,
     LivePointerError,
 )
 from classifier.stores import HeadStore, open_store
@@ -356,3 +357,73 @@ def test_an_unreachable_redis_is_named_unavailable(spare_redis):
         store.names()
     with pytest.raises(HeadStoreUnavailableError):
         store.change_stamp()
+
+
+def test_a_chosen_version_number_and_a_metadata_rewrite(stores):
+    store = stores.new()
+    assert store.save("h", ARTIFACT, metadata(), version=5) == 5
+    assert store.save("h", ARTIFACT, metadata()) == 6  # the counter moved past it
+    with pytest.raises(InvalidParameterError, match="exists already"):
+        store.save("h", ARTIFACT, metadata(), version=5)
+    store.write_metadata("h", 5, {**store.read_metadata("h", 5), "signed": True})
+    assert store.read_metadata("h", 5)["signed"] is True and store.versions("h") == [5, 6]
+    with pytest.raises(HeadNotFoundError):
+        store.write_metadata("h", 9, metadata())
+
+
+def test_copy_a_folder_into_redis_then_sign_it(tmp_path, state_redis):
+    import numpy as np
+
+    from classifier.artifacts import load_head, save_head
+    from classifier.errors import UnsignedHeadError
+    from classifier.training import train_head
+
+    client = redis.Redis.from_url(state_redis.url)
+    client.flushdb()
+    X = np.random.default_rng(0).normal(size=(120, 6)).astype(np.float32)
+    labels = np.where(X[:, 0] > 0, "up", "down").tolist()
+    folder = FolderStore(tmp_path / "models")
+    for seed in range(3):
+        trained = train_head(X, labels, test_size=0, seed=seed)
+        save_head(trained, folder, "h", {"fingerprint": "f", "dim": 6})
+    folder.set_live("h", 2, "rollback")
+    env = {**os.environ, "HEADS_SIGNING_KEY": ""}
+    tool = [sys.executable, "-m", "classifier.stores"]
+    root = Path(__file__).resolve().parent.parent
+    copied = subprocess.run(
+        [*tool, "copy", str(tmp_path / "models"), state_redis.url],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout.count("copied") == 3
+    target = RedisStore(state_redis.url)
+    assert target.versions("h") == [1, 2, 3] and target.live_version("h") == 2
+    probe = load_head(target, "h").predict_proba(X)
+    np.testing.assert_allclose(probe, load_head(folder, "h").predict_proba(X))
+    with pytest.raises(UnsignedHeadError):
+        load_head(target, "h", signing_key=b"k")
+    signed = subprocess.run(
+        [*tool, "sign", state_redis.url],
+        cwd=root,
+        env={**env, "HEADS_SIGNING_KEY": "k"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert signed.returncode == 0 and signed.stdout.count("signed") == 3, signed.stderr
+    assert load_head(target, "h", signing_key=b"k").version == 2
+    again = subprocess.run(
+        [*tool, "copy", str(tmp_path / "models"), state_redis.url],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0 and again.stdout.count("already there") == 3
+    target.close()
+    client.flushdb()

@@ -27,4 +27,8 @@ async def predict(body: PredictRequest, state: StateDep) -> dict:
     result = await run_in_threadpool(state.service.embed, texts, count_truncated=False)
     state.metrics.texts.labels("cache").inc(result.cached)
     state.metrics.texts.labels("encoder").inc(len(texts) - result.cached)
-    return {"head": head.name, "version": head.version, "predictions": head.predict(result.vectors)}
+    return {
+        "head": head.name,
+        "version": head.version,
+        "predictions": head.predict(result.vectors, texts),
+    }

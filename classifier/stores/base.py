@@ -81,8 +81,17 @@ class HeadStore(abc.ABC):
     # -- writing ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def save(self, name: str, artifact: bytes, metadata: dict[str, Any]) -> int:
-        """Store a new version; returns its number (metadata gets "name" and "version")."""
+    def save(
+        self, name: str, artifact: bytes, metadata: dict[str, Any], version: int | None = None
+    ) -> int:
+        """Store a new version; returns its number (metadata gets "name" and "version").
+
+        `version` asks for that number (copying between stores); it must be free.
+        """
+
+    @abc.abstractmethod
+    def write_metadata(self, name: str, version: int, metadata: dict[str, Any]) -> None:
+        """Replace an existing version's sidecar atomically (signing; the artifact stays)."""
 
     @abc.abstractmethod
     def write_pointer(self, name: str, pointer: bytes) -> None:

@@ -33,6 +33,7 @@ from classifier.errors import (
     HeadNotFoundError,
     HeadStoreError,
     HeadStoreFullError,
+    InvalidParameterError,
 )
 from classifier.live import POINTER
 from classifier.stores.base import NAME_PATTERN, HeadStore, check_name
@@ -212,8 +213,10 @@ class FolderStore(HeadStore):
         ]
         return max(taken, default=0) + 1
 
-    def save(self, name: str, artifact: bytes, metadata: dict[str, Any]) -> int:
-        """Link the artifact, then the metadata, under the next free number."""
+    def save(
+        self, name: str, artifact: bytes, metadata: dict[str, Any], version: int | None = None
+    ) -> int:
+        """Link the artifact, then the metadata, under the next free number (or `version`)."""
         directory = self._directory(name)
         self._ensure_root()
         placed: list[Path] = []
@@ -223,14 +226,21 @@ class FolderStore(HeadStore):
                 directory.mkdir(exist_ok=True)
                 _fsync_directory(self.root)
             temporaries.append(write_temporary(directory, artifact, ARTIFACT_SUFFIX))
-            version = self._next_free(directory)
+            wanted = version
+            version = self._next_free(directory) if wanted is None else int(wanted)
             while True:
                 target = directory / f"v{version}{ARTIFACT_SUFFIX}"
                 try:
+                    if (directory / f"v{version}.json").exists():
+                        raise FileExistsError(version)
                     os.link(temporaries[0], target)  # never overwrites: the number is ours
                     placed.append(target)
                     break
                 except FileExistsError:
+                    if wanted is not None:
+                        raise InvalidParameterError(
+                            f"head {name!r}: version {wanted} exists already"
+                        ) from None
                     version += 1
             document = {**metadata, "name": name, "version": version}
             data = json.dumps(document, indent=2).encode("utf-8")
@@ -250,6 +260,15 @@ class FolderStore(HeadStore):
                     temporary.unlink()
         self.mark_changed()
         return version
+
+    def write_metadata(self, name: str, version: int, metadata: dict[str, Any]) -> None:
+        """Replace v<N>.json durably (the version must exist)."""
+        if int(version) not in self.versions(name):
+            raise HeadNotFoundError(f"head {name!r}: no version {version}")
+        document = {**metadata, "name": name, "version": int(version)}
+        path = self._directory(name) / f"v{int(version)}.json"
+        self._replace(path, json.dumps(document, indent=2).encode("utf-8"), f"updating {name!r}")
+        self.mark_changed()
 
     def write_pointer(self, name: str, pointer: bytes) -> None:
         """Replace live.json durably."""

@@ -39,6 +39,7 @@ from classifier.errors import (
     HeadStoreError,
     HeadStoreFullError,
     HeadStoreUnavailableError,
+    InvalidParameterError,
 )
 from classifier.stores.base import HeadStore, check_name
 
@@ -232,29 +233,62 @@ class RedisStore(HeadStore):
         with contextlib.suppress(redis.RedisError):
             self.client.incr(CHANGES)
 
-    def save(self, name: str, artifact: bytes, metadata: dict[str, Any]) -> int:
-        """INCR next for the number, then artifact, metadata and index in one MULTI."""
+    def save(
+        self, name: str, artifact: bytes, metadata: dict[str, Any], version: int | None = None
+    ) -> int:
+        """Take a number (INCR next, or claim `version`), then write in one MULTI."""
         check_name(name)
+        wanted = version
+
+        def number() -> int:
+            if wanted is None:
+                while True:
+                    found = int(self.client.incr(_key(name, "next")))
+                    if self.client.zscore(_key(name, "versions"), found) is None:
+                        return found
+            # A chosen number (a copy): claim it with SET NX, keep the counter above it.
+            claimed = self.client.set(_key(name, "meta", int(wanted)), b"{}", nx=True)
+            if not claimed:
+                raise InvalidParameterError(f"head {name!r}: version {wanted} exists already")
+            script = "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+            script += "redis.call('SET', KEYS[1], ARGV[1]) end"
+            self.client.eval(script, 1, _key(name, "next"), int(wanted))
+            return int(wanted)
 
         def write() -> int:
             # Added first: a name without versions is skipped by readers, a version
             # without its name would be invisible.
             self.client.sadd(NAMES, name)
-            while True:
-                version = int(self.client.incr(_key(name, "next")))
-                if self.client.zscore(_key(name, "versions"), version) is None:
-                    break
+            version = number()
             document = {**metadata, "name": name, "version": version}
-            with self.client.pipeline(transaction=True) as pipeline:
-                pipeline.set(_key(name, "artifact", version), artifact)
-                pipeline.set(_key(name, "meta", version), json.dumps(document).encode())
-                pipeline.zadd(_key(name, "versions"), {str(version): version})
-                pipeline.execute()
+            try:
+                with self.client.pipeline(transaction=True) as pipeline:
+                    pipeline.set(_key(name, "artifact", version), artifact)
+                    pipeline.set(_key(name, "meta", version), json.dumps(document).encode())
+                    pipeline.zadd(_key(name, "versions"), {str(version): version})
+                    pipeline.execute()
+            except redis.RedisError:
+                if wanted is not None:  # free the claimed number again
+                    with contextlib.suppress(redis.RedisError):
+                        self.client.delete(_key(name, "meta", version))
+                raise
             return version
 
         version = self._call(f"saving head {name!r}", write)
         self._changed()
         return version
+
+    def write_metadata(self, name: str, version: int, metadata: dict[str, Any]) -> None:
+        """SET meta:<N> only if it exists (XX)."""
+        check_name(name)
+        document = json.dumps({**metadata, "name": name, "version": int(version)}).encode()
+        written = self._call(
+            f"updating head {name!r}",
+            lambda: self.client.set(_key(name, "meta", int(version)), document, xx=True),
+        )
+        if not written:
+            raise HeadNotFoundError(f"head {name!r}: no version {version}")
+        self._changed()
 
     def write_pointer(self, name: str, pointer: bytes) -> None:
         """SET live."""
