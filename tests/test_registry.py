@@ -390,3 +390,15 @@ def test_a_head_store_that_goes_down_degrades_health_and_heads_keep_serving(
         refused = client.post("/heads/h/train", json=examples, headers=AUTH)
         assert refused.status_code == 503 and "does not answer" in refused.text
         assert "127.0.0.1" not in refused.text
+
+
+def test_a_folder_store_that_disappears_is_down_not_empty(tmp_path, new_store, registries):
+    registry = registries(new_store("folder"))
+    texts, labels = support(40)
+    registry.train("h", texts, labels, {"head": "logreg"})
+    (tmp_path / "heads").rename(tmp_path / "elsewhere")  # an unmounted share
+    eventually(lambda: registry.store_error is not None)
+    assert "gone" in registry.store_error and registry.get("h").version == 1
+    (tmp_path / "elsewhere").rename(tmp_path / "heads")
+    eventually(lambda: registry.store_error is None)
+    assert registry.get("h").version == 1

@@ -33,6 +33,7 @@ from classifier.errors import (
     HeadNotFoundError,
     HeadStoreError,
     HeadStoreFullError,
+    HeadStoreUnavailableError,
     InvalidParameterError,
 )
 from classifier.live import POINTER
@@ -105,6 +106,7 @@ class FolderStore(HeadStore):
         self.root = Path(root)
         self.location = str(self.root)
         self.trash_retention_seconds = trash_retention_seconds
+        self._seen_root = False
 
     # -- files --------------------------------------------------------------------------
 
@@ -135,12 +137,27 @@ class FolderStore(HeadStore):
     # -- reading ------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Names of the heads with at least one version."""
-        if not self.root.is_dir():
+        """Names of the heads with at least one version.
+
+        A folder that existed and is gone (an unmounted share) is HeadStoreUnavailableError,
+        not "no heads": replicas keep serving what they loaded instead of dropping it.
+        """
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            if self._seen_root:
+                raise HeadStoreUnavailableError(
+                    "the head store folder is gone (unmounted?); serving the heads loaded"
+                ) from None
             return []
+        except OSError as error:
+            raise HeadStoreUnavailableError(
+                f"the head store folder cannot be read ({os.strerror(error.errno or 0)})"
+            ) from None
+        self._seen_root = True
         return sorted(
             entry.name
-            for entry in os.scandir(self.root)
+            for entry in entries
             if NAME_PATTERN.match(entry.name)
             and entry.is_dir(follow_symlinks=False)
             and self.versions(entry.name)
