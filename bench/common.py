@@ -62,7 +62,8 @@ class ApiServer:
         return self.process.pid
 
     def start(self, timeout: float = 180) -> dict:
-        """Start the server and wait for /health; returns the health body."""
+        """Start the server and wait for /health (and for the demo head, which the server
+        trains in the background, when DEMO_HEAD_ON_START is on); returns the health body."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]
@@ -70,7 +71,15 @@ class ApiServer:
             self.process = subprocess.Popen(
                 command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        return wait_for_health(self.url, timeout, self.process)
+        deadline = time.monotonic() + timeout
+        health = wait_for_health(self.url, timeout, self.process)
+        if self.env.get("DEMO_HEAD_ON_START", "true").lower() in ("true", "1", "yes"):
+            while "demo" not in health["heads"]:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{self.url}: the demo head was not trained in time")
+                time.sleep(0.25)
+                health = httpx.get(f"{self.url}/health", timeout=5).json()
+        return health
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it lingers."""
