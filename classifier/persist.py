@@ -36,6 +36,13 @@ Example, a Platt calibrator per class of some base model:
                 parts["base"], parts["slopes"], parts["offsets"])
             return model
 
+The root of a head (what `classifier.headfile.encode_head` saves) also follows the
+serving convention of classifier.loaded.LoadedHead: `inputs_` lists what it reads,
+("vectors",) by default, ("texts",) for a lexical-only model, ("vectors", "texts") for a
+hybrid; `predict_proba(X)` gets the vectors, and a model that reads texts is called as
+`predict_proba(X, texts=texts)` (X is None when it reads no vectors). Columns follow the
+head's labels, float32.
+
 `dump(component)` gives `(tree, arrays)`: the tree is JSON naming each part's kind and
 array keys; `classifier.headfile` writes both into one safetensors artifact. `load(tree,
 arrays)` reverses it and refuses unknown kinds, missing arrays and malformed trees.

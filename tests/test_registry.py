@@ -142,7 +142,9 @@ def test_a_legacy_joblib_version_is_refused_by_name_and_never_unpickled(
     write_legacy_version(
         tmp_path / "heads" / "h", 2, Payload(str(marker)), store.read_metadata("h", 1)
     )
-    (tmp_path / "heads" / "h" / "live.json").write_text('{"version": 2}')
+    pointer = tmp_path / "heads" / "h" / "live.json"
+    pointer.with_suffix(".new").write_text('{"version": 2}')
+    pointer.with_suffix(".new").replace(pointer)  # atomically, as a careful attacker would
     caplog.set_level(logging.WARNING)
     eventually(lambda: "h" in registry.problems)
     problem = registry.problems["h"]

@@ -106,7 +106,8 @@ class FolderStore(HeadStore):
         self.root = Path(root)
         self.location = str(self.root)
         self.trash_retention_seconds = trash_retention_seconds
-        self._seen_root = False
+        # Once the folder was seen, its absence means "unmounted", not "no heads".
+        self._seen_root = self.root.is_dir()
 
     # -- files --------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class FolderStore(HeadStore):
             os.replace(temporary, self.root / CHANGES)
 
     def _ensure_root(self) -> None:
+        self._seen_root = True
         if not self.root.is_dir():
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
