@@ -359,9 +359,16 @@ class HeadRegistry:
     def summaries(self) -> list[dict[str, Any]]:
         """Every head in the store, live or not, from memory plus one version listing each.
 
+        While the store is down: the heads this process serves (version_count None).
         Blocking (store reads): call it from a thread pool, not the event loop.
         """
-        return [self._summary(name, versions) for name, versions in self.store.iter_heads()]
+        try:
+            return [self._summary(name, versions) for name, versions in self.store.iter_heads()]
+        except HeadStoreError:
+            served = [self._summary(name, []) for name in self.names()]
+            for summary in served:
+                summary["version_count"] = None
+            return served
 
     def describe(self, name: str) -> dict[str, Any]:
         """Live version and every saved version's metadata (blocking: use a thread pool)."""

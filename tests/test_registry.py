@@ -389,6 +389,8 @@ def test_a_head_store_that_goes_down_degrades_health_and_heads_keep_serving(
         assert health["head_store"] == "down" and health["status"] == "degraded"
         served = client.post("/predict", json={"texts": ["refund"], "head": "h"})
         assert served.status_code == 200 and served.json()["version"] == 1
+        listed = client.get("/heads").json()
+        assert listed["head_store"] == "down" and [h["name"] for h in listed["heads"]] == ["h"]
         refused = client.post("/heads/h/train", json=examples, headers=AUTH)
         assert refused.status_code == 503 and "does not answer" in refused.text
         assert "127.0.0.1" not in refused.text

@@ -27,7 +27,8 @@ async def list_heads(state: StateDep) -> dict:
     registry = state.registry
     heads = await run_in_threadpool(registry.summaries)
     default = registry.default_head if registry.default_head in registry.names() else None
-    return {"heads": heads, "default_head": default}
+    store = "up" if registry.store_error is None else "down"
+    return {"heads": heads, "default_head": default, "head_store": store}
 
 
 @router.get("/heads/{name}", dependencies=[ReadAccess])
