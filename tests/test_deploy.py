@@ -535,8 +535,10 @@ def compose_problems(path: Path) -> list[str]:
     api = services.get("api")
     if api is None:
         return [*problems, "no api service"]
-    if api.get("ports"):
-        problems.append("api: publishes host ports, so --scale api=3 cannot start")
+    for port in api.get("ports", []):
+        fixed = port.get("published") if isinstance(port, dict) else ":" in str(port)
+        if fixed:
+            problems.append(f"api: fixed host port {port}, so --scale api=3 cannot start")
     if "container_name" in api:
         problems.append("api: container_name prevents scaling")
     if api.get("volumes"):
@@ -563,7 +565,10 @@ def compose_problems(path: Path) -> list[str]:
     elif store.hostname == cache_host:
         problems.append("api: HEAD_STORE and REDIS_URL are one Redis instance")
     for setting, host in (("REDIS_URL", cache_host), ("HEAD_STORE", store.hostname)):
-        service = services.get(host or "")
+        if not host:
+            problems.append(f"api: {setting} names no Redis host")
+            continue
+        service = services.get(host)
         if service is None:
             problems.append(f"{setting}: no service {host}")
             continue
@@ -598,7 +603,7 @@ def test_compose_scales_out_behind_a_load_balancer() -> None:
 COMPOSE_WEAKENINGS: dict[str, tuple[Callable[[dict], None], str]] = {
     "host port": (
         lambda d: d["services"]["api"].update(ports=["8000:8000"]),
-        "publishes host ports",
+        "fixed host port 8000:8000",
     ),
     "no balancer": (lambda d: d["services"].pop("lb"), "no load balancer"),
     "shared models": (
