@@ -716,7 +716,11 @@ def ensure_redis(env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.fixture
 def spare_ports() -> Iterator[list[int]]:
     """Two free ports; whatever Redis the test left on them is shut down after it."""
-    ports = [free_port(), free_port()]
+    ports = [free_port()]
+    while len(ports) < 2:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
     yield ports
     for port in ports:
         shut_down(port)
