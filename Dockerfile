@@ -7,8 +7,7 @@ FROM python:3.11-slim
 # replica needs, but must still be writable (an emptyDir or tmpfs is enough).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     XDG_CACHE_HOME=/opt/bertheads/cache HOME=/home/bertheads \
-    MPLCONFIGDIR=/tmp/matplotlib MODELS_DIR=/models HF_HUB_OFFLINE=1 \
-    HOST=0.0.0.0 PORT=8000
+    MPLCONFIGDIR=/tmp/matplotlib MODELS_DIR=/models HF_HUB_OFFLINE=1
 WORKDIR /app
 
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can check it without a name lookup.
@@ -34,8 +33,11 @@ RUN pip install .
 # Build the model files once, as root, into the image (reassembled weights, ONNX, int8 and
 # its fidelity verdict), so a container starts in seconds and writes nothing there.
 RUN python -m embedder.prepare && chmod -R a+rX /opt/bertheads
-
 USER 10001:10001
+
+# Reachable from outside the container: without API_KEY, train, rollback and delete answer
+# 403 (ALLOW_UNAUTHENTICATED_WRITES=true opens them).
+ENV HOST=0.0.0.0 PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"
