@@ -39,6 +39,6 @@ USER 10001:10001
 # 403 (ALLOW_UNAUTHENTICATED_WRITES=true opens them).
 ENV HOST=0.0.0.0 PORT=8000
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"
 CMD ["python", "-m", "api"]
