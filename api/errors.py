@@ -23,6 +23,7 @@ from classifier.errors import (
 from embedder.errors import EmbedderError, ModelNotFoundError, QueueFullError
 
 logger = logging.getLogger(__name__)
+BODY_PARSE_DETAIL = "There was an error parsing the body"
 
 
 class ApiError(Exception):
@@ -155,6 +156,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        if error.status_code == 400 and error.detail == BODY_PARSE_DETAIL:
+            # FastAPI's answer to a body it cannot decode: bytes that are not UTF-8, or a
+            # client that went away mid-upload.
+            message = "body: cannot be read as JSON text (it must be UTF-8)"
+            return error_response(message, kind, 400, "body")
         return error_response(str(error.detail), kind, error.status_code)
 
     async def _domain(request: Request, error: Exception) -> JSONResponse:

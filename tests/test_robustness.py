@@ -697,6 +697,16 @@ def test_lone_surrogates_and_nul_are_422_naming_the_field(live, path, body, para
     assert not (root / "models" / "fresh").exists()
 
 
+@pytest.mark.parametrize("path", ["/embed", "/predict", "/v1/embeddings", "/heads/fresh/train"])
+def test_a_body_that_is_not_utf8_is_4xx_naming_the_body(live, path):
+    _, client, _ = live
+    content = b'{"texts": ["caf\xe9"], "input": ["caf\xe9"], "examples": [], "model": "x"}'
+    response = client.post(
+        path, content=content, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert_error(response, 400, "body", "UTF-8")
+
+
 @pytest.mark.parametrize(
     ("example", "param", "words"),
     [
