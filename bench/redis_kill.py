@@ -16,6 +16,7 @@ the kill or the restart fails too (it would have tested nothing): raise --reques
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import tempfile
@@ -216,6 +217,7 @@ def main() -> int:
         "requests": load.count,
         "failed_requests": len(load.failures),
         "seconds": round(load.seconds, 1),
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
         **marks,
         **phases,
         "health_went_down": went_down,
