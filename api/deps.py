@@ -84,10 +84,15 @@ def _check_key(request: Request, secret: SecretStr | None) -> None:
         )
 
 
+def _has_key(settings: Settings) -> bool:
+    return settings.api_key is not None and bool(settings.api_key.get_secret_value())
+
+
 def writes_refused(settings: Settings) -> bool:
     """True when writes need a key this server does not have (non-loopback bind, no API_KEY)."""
-    has_key = settings.api_key is not None and bool(settings.api_key.get_secret_value())
-    return not (has_key or settings.binds_loopback or settings.allow_unauthenticated_writes)
+    return not (
+        _has_key(settings) or settings.binds_loopback or settings.allow_unauthenticated_writes
+    )
 
 
 WRITES_REFUSED_MESSAGE = (
@@ -101,8 +106,7 @@ WRITES_REFUSED_MESSAGE = (
 
 def log_write_access(settings: Settings) -> None:
     """Say at start when writes are open to anyone, or refused, because of the bind."""
-    has_key = settings.api_key is not None and bool(settings.api_key.get_secret_value())
-    if has_key or settings.binds_loopback:
+    if _has_key(settings) or settings.binds_loopback:
         return
     if settings.allow_unauthenticated_writes:
         logger.warning(

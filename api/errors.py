@@ -38,7 +38,7 @@ class ApiError(Exception):
 
     def headers(self) -> dict[str, str] | None:
         """Extra response headers (e.g. Retry-After); none by default."""
-        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return None
 
 
 class InvalidInputError(ApiError):
@@ -59,6 +59,10 @@ class UnauthorizedError(ApiError):
 
     status = 401
     kind = "authentication_error"
+
+    def headers(self) -> dict[str, str] | None:
+        """The scheme the client must use."""
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class ForbiddenError(ApiError):
