@@ -136,8 +136,7 @@ case "$command" in
   install) ;;
   serve)
     ensure_redis
-    exec "$VENV/bin/uvicorn" api.main:create_app --factory --host "${HOST:-127.0.0.1}" \
-      --port "${PORT:-8000}" "$@"
+    exec "$VENV/bin/python" -m api "$@"
     ;;
   test)
     ensure_redis
