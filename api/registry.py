@@ -417,6 +417,9 @@ class HeadRegistry:
     ) -> dict[str, Any]:
         """Embed, fit, save a new version and make it live; trains of one head queue up.
 
+        `cancel` is checked between steps and last before anything is written, so a
+        cancelled or timed-out train leaves no version behind.
+
         Raises:
             TooManyHeadsError: A new head beyond MAX_HEADS (checked before any work).
             HeadBusyError: The head's store lock was not had in time; nothing committed.
@@ -441,6 +444,7 @@ class HeadRegistry:
         check_name(name)
         self._check_head_cap(name)
         with self._lock_for(name):
+            check(cancel)
             started = time.perf_counter()
             embed_options: dict[str, Any] = {"count_truncated": False}
             if cancel is not None and _accepts(self.service.embed, "cancel"):

@@ -239,13 +239,15 @@ async def run_load(
     concurrency: int,
     max_seconds: float | None = None,
     timeout: float = 60,
+    result: LoadResult | None = None,
 ) -> LoadResult:
     """POST `total` requests from `concurrency` clients (stopping early after `max_seconds`).
 
     `make_request(i)` gives the i-th request's path and JSON body. Anything but a 200,
-    including a timeout or a dropped connection, counts as a failure.
+    including a timeout or a dropped connection, counts as a failure. Pass `result` to
+    watch the counts grow while the load runs (to act at a point of its progress).
     """
-    result = LoadResult()
+    result = result if result is not None else LoadResult()
     counter = iter(range(total))
     started = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

@@ -22,10 +22,12 @@ from common import flush_private_redis, free_port, stop_process, wait_for_health
 from http_load import (
     MPNET,
     base_texts,
+    checked_phase,
     chunks,
     fresh,
     header,
     local_model_path,
+    phases_hold,
     print_row,
     run_phase,
     start_server,
@@ -58,14 +60,24 @@ def infinity_command(venv: Path, model_path: Path, port: int) -> list[str]:
     return command
 
 
-def levels(url: str, path: str, body, texts: list[str], tag: str, arguments) -> list[dict]:
-    """Uncached then repeated single-text phases at each client count."""
+def levels(
+    url: str, path: str, body, texts: list[str], tag: str, arguments, ours: bool = False
+) -> list[dict]:
+    """Uncached then repeated single-text phases at each client count.
+
+    On our server (`ours`) each phase is checked to be what it says (all encoded, then all
+    from the cache); infinity keeps no such counts.
+    """
     rows = []
     for clients in [int(part) for part in arguments.clients.split(",")]:
         groups = chunks(fresh(texts, f"{tag}c{clients}n"), 1)
-        uncached = run_phase(url, path, body, groups, clients, len(groups))
         total = max(arguments.repeat_requests, 4 * clients)
-        repeat = run_phase(url, path, body, groups, clients, total)
+        if ours:
+            uncached = checked_phase(url, "uncached", path, body, groups, clients, len(groups))
+            repeat = checked_phase(url, "cached", path, body, groups, clients, total)
+        else:
+            uncached = run_phase(url, path, body, groups, clients, len(groups))
+            repeat = run_phase(url, path, body, groups, clients, total)
         for kind, row in (("uncached", uncached), ("repeat", repeat)):
             rows.append({"kind": kind, "texts_per_request": 1, **row})
             print_row(rows[-1])
@@ -108,7 +120,7 @@ def main() -> int:
             body = lambda group: {"texts": group}  # noqa: E731
             warm = chunks(fresh(texts[:32], f"{run_id}w"), 1)
             run_phase(server.url, "/embed", body, warm, 8, len(warm))
-            ours = levels(server.url, "/embed", body, texts, f"{run_id}b", arguments)
+            ours = levels(server.url, "/embed", body, texts, f"{run_id}b", arguments, ours=True)
         finally:
             server.stop()
         theirs = run_infinity(arguments, texts, f"{run_id}i", Path(models))
@@ -157,7 +169,9 @@ def main() -> int:
         "ratios": ratios,
     }
     print(f"wrote {write_result('infinity_compare', summary)}")
-    return 0 if ratios else 1
+    # Ratios over failed requests or mislabelled phases would compare nothing.
+    theirs_ok = not any(row["errors"] for row in theirs.get("rows", []))
+    return 0 if ratios and phases_hold(ours) and theirs_ok else 1
 
 
 if __name__ == "__main__":

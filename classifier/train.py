@@ -57,8 +57,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--embed-url", help="embed through a running bertheads server, e.g. http://gpu-box:8000"
     )
     parser.add_argument("--no-save", action="store_true", help="do not save the head")
-    parser.add_argument("--mlflow", action="store_true", help="log to a local MLflow store")
-    parser.add_argument("--mlflow-dir", type=Path, default=REPO_ROOT / "mlruns")
+    parser.add_argument("--mlflow", action="store_true", help="log the run to MLflow")
+    parser.add_argument(
+        "--mlflow-dir",
+        type=Path,
+        default=REPO_ROOT / "mlruns",
+        help="local MLflow store (SQLite database + artifacts) when --mlflow-uri is not given",
+    )
+    parser.add_argument("--mlflow-uri", help="an MLflow tracking URI (server or database)")
+    parser.add_argument("--mlflow-experiment", default="bertheads")
     return parser.parse_args(argv)
 
 
@@ -120,8 +127,13 @@ def _save(
     encoder_info: dict[str, Any],
     data_hashes: dict[str, str],
     metrics: dict[str, Any],
+    out_dir: Path,
 ) -> Any:
-    """Publish the head as the next live version, with the API's signing, pruning and cap."""
+    """Publish the head as the next live version, with the API's signing, pruning and cap.
+
+    A copy of the saved files (artifact and sidecar, plain arrays and JSON) goes to
+    `<out>/head/`, so --mlflow logs the head as it is served.
+    """
     from classifier.artifacts import save_head
     from classifier.stores import open_store
 
@@ -129,7 +141,7 @@ def _save(
     store = open_store(location, trash_retention_seconds=settings.trash_retention_seconds)
     key = settings.heads_signing_key.get_secret_value() if settings.heads_signing_key else ""
     try:
-        return save_head(
+        record = save_head(
             trained,
             store,
             name,
@@ -144,6 +156,12 @@ def _save(
             versions_kept=settings.head_versions_kept,
             max_heads=settings.max_heads,
         )
+        copy = out_dir / "head"
+        copy.mkdir(parents=True, exist_ok=True)
+        stem = f"{name}-v{record.version}"
+        (copy / f"{stem}.safetensors").write_bytes(store.read_artifact(name, record.version))
+        (copy / f"{stem}.json").write_text(json.dumps(record.metadata, indent=2), encoding="utf-8")
+        return record
     finally:
         store.close()
 
@@ -257,7 +275,9 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     metrics["thresholds"] = trained.thresholds
     plots = save_plots(out_dir, trained.spec, metrics, trained.evaluation, trained.loss_history)
     if not arguments.no_save:
-        record = _save(arguments, settings, trained, name, encoder_info, data_hashes, metrics)
+        record = _save(
+            arguments, settings, trained, name, encoder_info, data_hashes, metrics, out_dir
+        )
         metrics["saved"] = {"name": name, "version": record.version, "store": record.location}
     metrics["timings"]["total_seconds"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,9 +285,20 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         json.dumps(metrics, indent=2, default=str), encoding="utf-8"
     )
     if arguments.mlflow:
-        from classifier.tracking import log_to_mlflow
+        from classifier.tracking import local_tracking_uri, log_to_mlflow
 
-        log_to_mlflow(arguments.mlflow_dir, "bertheads", name, trained.params, metrics, out_dir)
+        tags = {"head": name, "fingerprint": str(service.fingerprint)}
+        if "saved" in metrics:
+            tags["version"] = str(metrics["saved"]["version"])
+        metrics["mlflow_run_id"] = log_to_mlflow(
+            arguments.mlflow_uri or local_tracking_uri(arguments.mlflow_dir),
+            arguments.mlflow_experiment,
+            name,
+            trained.params,
+            metrics,
+            out_dir,
+            tags,
+        )
     metrics["plots"] = [str(path) for path in plots]
     return metrics
 
@@ -293,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     if "saved" in metrics:
         saved = metrics["saved"]
         print(f"saved {saved['name']} v{saved['version']} in {saved['store']}")
+    if "mlflow_run_id" in metrics:
+        print(f"mlflow run {metrics['mlflow_run_id']}")
     return 0
 
 

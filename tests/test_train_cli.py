@@ -9,7 +9,7 @@ import pytest
 import redis
 from conftest import DATASETS, MINILM, REPO, redis_db_url
 
-from classifier import load_head
+from classifier import headfile, load_head
 from classifier.train import main
 
 needs_datasets = pytest.mark.skipif(
@@ -91,6 +91,9 @@ def test_end_to_end_train_save_load_and_cached_rerun(tmp_path, minilm):
     rows = loaded.predict(minilm.encode(["a perfectly friendly sentence about gardening"]))
     assert rows[0]["label"] in ("hate", "noHate")
     assert loaded.metadata["data_hashes"][train.name]
+    assert str(tmp_path) not in json.dumps(loaded.metadata)  # served by GET /heads/{name}
+    copied = (out / "head" / "hate-v1.safetensors").read_bytes()  # what --mlflow logs
+    assert headfile.sha256(copied) == loaded.metadata["artifact_sha256"]
 
     again = run_cli(
         "--data",
@@ -167,11 +170,9 @@ def test_bad_data_exits_2_with_one_line(tmp_path, capsys):
         assert message in error and error.count("\n") == 1
 
 
-def test_mlflow_is_an_optional_extra(tmp_path, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("mlflow") is not None:
-        pytest.skip("mlflow is installed; the missing-extra message cannot be shown")
+def test_mlflow_missing_is_a_clear_error_before_any_work(tmp_path, capsys, monkeypatch):
+    # A None entry in sys.modules makes `import mlflow` fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "mlflow", None)
     data = tmp_path / "data.csv"
     data.write_text("text,label\nhello,a\nworld,b\n", encoding="utf-8")
     assert main(["--data", str(data), "--mlflow", "--no-save"]) == 2
