@@ -140,9 +140,10 @@ class Scale:
         return cls(parts["factor"])
 
 
-persist.register("test_vocabulary", Vocabulary)
-persist.register("test_stack", Calibrated)
-persist.register("test_scale", Scale)
+# By name: pytest imports this file as `test_headfile`, other tests as `tests.test_headfile`.
+persist.register("test_vocabulary", "tests.test_headfile:Vocabulary")
+persist.register("test_stack", "tests.test_headfile:Calibrated")
+persist.register("test_scale", "tests.test_headfile:Scale")
 
 WORDS = ["refund", "", "naïve", "日本語", "emoji 🎉", "\ud800lone", "a" * 300]
 
