@@ -1,4 +1,4 @@
-"""`classifier/train.py --mlflow` against a real local MLflow store, read back with MLflow's client."""
+"""train.py --mlflow against a real local MLflow store, read back with MLflow's client."""
 
 import json
 import subprocess
