@@ -35,6 +35,7 @@ class _Bucket:
     """Texts of similar length encoded in one call: (job, row in that job) for each text."""
 
     rows: list[tuple[_Job, int]]
+    padded: float  # texts x longest length: what the call pads to
 
     @property
     def texts(self) -> list[str]:
@@ -67,6 +68,39 @@ def length_buckets(lengths: list[int], max_size: int, overhead: float) -> list[l
     return groups[::-1]
 
 
+class CallCostModel:
+    """Learns an encode call's fixed cost, in length units, from the calls' durations.
+
+    Fits `seconds = fixed + per_unit * padded` by least squares over recent calls (an
+    exponentially decayed window) and reports `fixed / per_unit`: how many padded
+    characters one more call costs. A fixed `overhead` disables the learning.
+    """
+
+    DECAY = 0.97
+    START, LOWEST, HIGHEST = 64.0, 8.0, 4096.0
+
+    def __init__(self, overhead: float | None = None) -> None:
+        self.fixed = overhead is not None
+        self.overhead = overhead if overhead is not None else self.START
+        self._sums = np.zeros(5)  # weight, x, y, x*x, x*y
+
+    def observe(self, padded: float, seconds: float) -> None:
+        """Add one call: `padded` length units took `seconds`."""
+        if self.fixed:
+            return
+        self._sums = self.DECAY * self._sums + np.array(
+            [1.0, padded, seconds, padded * padded, padded * seconds]
+        )
+        _, x, y, xx, xy = self._sums / self._sums[0]
+        variance = xx - x * x
+        if self._sums[0] < 4 or variance <= 1e-9 * max(xx, 1.0):
+            return  # too few calls, or all of one size: the two costs cannot be told apart
+        per_unit = (xy - x * y) / variance
+        fixed = y - per_unit * x
+        if per_unit > 0:
+            self.overhead = float(np.clip(fixed / per_unit, self.LOWEST, self.HIGHEST))
+
+
 def worker_count(threads_per_call: int | None) -> int:
     """Encode workers for a backend using `threads_per_call` threads (None: every core).
 
@@ -96,7 +130,9 @@ class MicroBatcher:
         max_queue_texts: Texts allowed to wait; beyond it `submit` raises QueueFullError.
         max_bucket_texts: Most texts in one encode call.
         bucket_overhead: Fixed cost of one encode call, in units of `length` (see
-            `length_buckets`); larger merges more, 0 cuts at every length change.
+            `length_buckets`); larger merges more, 0 cuts at every length change. None:
+            learnt from the calls' durations (`CallCostModel`), as it differs by model,
+            backend and by how busy the cores are.
         length: A text's cost per row of its bucket; default: its length in characters.
         workers: Encode threads. Several only help when each encode call uses part of the
             cores (e.g. one backend thread per worker).
@@ -111,7 +147,7 @@ class MicroBatcher:
         max_wait_ms: float = 4.0,
         max_queue_texts: int = 4096,
         max_bucket_texts: int = 32,
-        bucket_overhead: float = 48.0,
+        bucket_overhead: float | None = None,
         length: Callable[[str], int] = len,
         workers: int = 1,
     ) -> None:
@@ -122,7 +158,7 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000
         self.max_queue_texts = max_queue_texts
         self.max_bucket_texts = max_bucket_texts
-        self.bucket_overhead = bucket_overhead
+        self.cost_model = CallCostModel(bucket_overhead)
         self.length = length
         self.workers = workers
         self.on_batch: Callable[[int], None] | None = None
@@ -230,8 +266,14 @@ class MicroBatcher:
     def _bucket_jobs(self, jobs: list[_Job]) -> list[_Bucket]:
         rows = [(job, row) for job in jobs for row in range(len(job.texts))]
         lengths = [self.length(job.texts[row]) for job, row in rows]
-        groups = length_buckets(lengths, self.max_bucket_texts, self.bucket_overhead)
-        return [_Bucket([rows[index] for index in group]) for group in groups]
+        groups = length_buckets(lengths, self.max_bucket_texts, self.cost_model.overhead)
+        return [
+            _Bucket(
+                [rows[index] for index in group],
+                len(group) * max(lengths[index] for index in group),
+            )
+            for group in groups
+        ]
 
     def _run(self) -> None:
         while (bucket := self._next_bucket()) is not None:
@@ -243,16 +285,18 @@ class MicroBatcher:
                 logger.exception("encode failed for a batch of %d texts", len(texts))
                 self._fail(bucket, error)
             else:
-                self._deliver(bucket, vectors, len(texts) / (time.perf_counter() - started))
+                self._deliver(bucket, vectors, time.perf_counter() - started)
             if self.on_batch is not None:
                 self.on_batch(len(texts))
 
-    def _deliver(self, bucket: _Bucket, vectors: np.ndarray, rate: float) -> None:
+    def _deliver(self, bucket: _Bucket, vectors: np.ndarray, seconds: float) -> None:
         finished: list[_Job] = []
         with self._condition:
             self._pending -= len(bucket.rows)
             # A smoothed encode rate, for the Retry-After of a full queue.
+            rate = len(bucket.rows) / max(seconds, 1e-9)
             self._texts_per_second = 0.8 * self._texts_per_second + 0.2 * rate
+            self.cost_model.observe(bucket.padded, seconds)
             for (job, row), vector in zip(bucket.rows, vectors, strict=True):
                 if job.failed:  # another bucket of this job failed: it has its answer
                     continue

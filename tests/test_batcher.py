@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 import pytest
 
-from embedder.batcher import MicroBatcher, length_buckets
+from embedder.batcher import CallCostModel, MicroBatcher, length_buckets
 from embedder.errors import QueueFullError
 
 SHORT = [f"short text {index}" for index in range(8)]
@@ -262,3 +262,29 @@ def test_length_buckets_merge_when_calls_are_costly():
     assert length_buckets([300, 10, 300, 10, 10], 32, overhead=5) == [[1, 3, 4], [0, 2]]
     assert length_buckets([300, 10, 300, 10, 10], 32, overhead=10_000) == [[1, 3, 4, 0, 2]]
     assert length_buckets([10, 11, 30, 300, 310], 2, overhead=10_000) == [[0, 1], [2], [3, 4]]
+
+
+def test_the_call_cost_model_learns_the_fixed_cost_of_a_call():
+    model = CallCostModel()
+    generator = random.Random(3)
+    for _ in range(200):
+        padded = generator.uniform(50, 5_000)
+        # 20 ms per call plus 0.1 ms per padded character: one call costs 200 characters.
+        model.observe(padded, 0.020 + 0.0001 * padded * generator.uniform(0.95, 1.05))
+    assert model.overhead == pytest.approx(200, rel=0.15)
+    fixed = CallCostModel(overhead=30)
+    fixed.observe(100, 10.0)
+    assert fixed.overhead == 30
+
+
+def test_the_batcher_learns_its_call_cost_from_real_encodes(minilm):
+    batcher = MicroBatcher(minilm.encode_raw)
+    batcher.start()
+    try:
+        for size in (1, 8, 2, 16, 4, 1, 12, 3):
+            batcher.encode([LONG[index % 8] + f" {size}" for index in range(size)])
+    finally:
+        batcher.stop()
+    learnt = batcher.cost_model.overhead
+    assert CallCostModel.LOWEST <= learnt <= CallCostModel.HIGHEST
+    assert learnt != CallCostModel.START
