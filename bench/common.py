@@ -103,6 +103,23 @@ def flush_private_redis(url: str) -> None:
     redis.Redis.from_url(url).flushdb()
 
 
+def use_private_redis(arguments) -> "RedisServer | None":
+    """Flush `arguments.redis_url`, or start a private redis-server and point it there.
+
+    The private server is stopped when this process exits.
+    """
+    import atexit
+
+    if arguments.redis_url:
+        flush_private_redis(arguments.redis_url)
+        return None
+    server = RedisServer()
+    server.start()
+    atexit.register(server.kill)
+    arguments.redis_url = server.url
+    return server
+
+
 def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None = None) -> dict:
     """Poll GET /health until it answers 200; raise if the process dies or time runs out."""
     deadline = time.monotonic() + timeout

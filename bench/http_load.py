@@ -36,11 +36,11 @@ from common import (
     command_line,
     dataset_texts,
     fast_event_loop,
-    flush_private_redis,
     load_average,
     metric_value,
     percentiles,
     run_load,
+    use_private_redis,
     write_result,
 )
 
@@ -51,12 +51,20 @@ BodyMaker = Callable[[list[str]], dict]
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=MPNET)
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        help="EMBEDDER_BACKEND of the server (default: the server's own default)",
+    )
     parser.add_argument("--texts", type=int, default=256, help="uncached texts per phase")
     parser.add_argument("--clients", default="1,4,16,64", help="comma-separated client counts")
     parser.add_argument("--per-request", default="1", help="texts per request, e.g. 1,8")
     parser.add_argument("--cached-requests", type=int, default=600, help="per cached phase")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9", help="flushed first")
+    parser.add_argument(
+        "--redis-url",
+        help="a Redis DB to use, flushed first (default: a private redis-server of this run; "
+        "other people's benches flush shared DBs mid-run)",
+    )
     parser.add_argument("--env", action="append", default=[], help="extra server KEY=VALUE")
     parser.add_argument("--url", help="use this running server instead of starting one")
     parser.add_argument("--name", help="result file name (default http_load[_<backend>])")
@@ -216,11 +224,12 @@ def server_env(arguments: argparse.Namespace, models: str) -> dict[str, str]:
     """The server's settings: model, backend, private Redis DB, demo head, then --env."""
     env = {
         "EMBEDDER_MODEL": arguments.model,
-        "EMBEDDER_BACKEND": arguments.backend,
         "REDIS_URL": arguments.redis_url,
         "MODELS_DIR": models,
         "DEMO_HEAD_ON_START": "true",
     }
+    if arguments.backend:
+        env["EMBEDDER_BACKEND"] = arguments.backend
     env.update(dict(item.split("=", 1) for item in arguments.env))
     return env
 
@@ -235,7 +244,7 @@ def start_server(arguments: argparse.Namespace, models: str) -> ApiServer:
 def main() -> int:
     arguments = parse_arguments()
     fast_event_loop()
-    flush_private_redis(arguments.redis_url)
+    use_private_redis(arguments)
     run_id = uuid.uuid4().hex[:6]
     texts = base_texts(arguments.texts, arguments.seed)
     print(f"command: {command_line()}")
@@ -275,7 +284,7 @@ def main() -> int:
     summary = summarise(arguments, health, rows, baselines)
     summary.update({"command": command_line(), "load_average": loads, "client_floor": floor})
     name = arguments.name or (
-        "http_load" if arguments.backend == "torch" else f"http_load_{arguments.backend}"
+        f"http_load_{arguments.backend}" if arguments.backend else "http_load"
     )
     print(f"wrote {write_result(name, summary)}")
     return 1 if any(row["errors"] for row in rows) else 0
@@ -336,6 +345,7 @@ def summarise(
     return {
         "model": arguments.model,
         "backend": health.get("backend", arguments.backend),
+        "requested_backend": arguments.backend or "server default",
         "health": health,
         "texts_per_phase": arguments.texts,
         "server_env": arguments.env,
