@@ -353,11 +353,9 @@ def main() -> int:
             if vectors is not None and reference is not None:
                 result["fidelity_to_bertheads"] = cosines(vectors, reference)
             theirs[engine] = result
-            saved = RESULTS / "logs"
-            saved.mkdir(parents=True, exist_ok=True)
             log = Path(models) / f"infinity-{engine}.log"
-            if log.is_file():
-                shutil.copy(log, saved / f"{arguments.name}-{engine}.log")
+            if log.is_file():  # kept beside the results (not committed: *.log)
+                shutil.copy(log, RESULTS / f"{arguments.name}-{engine}.log")
         summary["infinity"] = theirs
     loads["end"] = load_average()
     summary["load_average"] = loads
