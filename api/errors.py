@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bertheads.cancel import CancelledError, DeadlineExceededError
 from classifier.errors import (
     ClassifierError,
     CorruptHeadError,
@@ -22,6 +23,7 @@ from classifier.errors import (
 from embedder.errors import EmbedderError, ModelNotFoundError, QueueFullError
 
 logger = logging.getLogger(__name__)
+BODY_PARSE_DETAIL = "There was an error parsing the body"
 
 
 class ApiError(Exception):
@@ -33,6 +35,10 @@ class ApiError(Exception):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+    def headers(self) -> dict[str, str] | None:
+        """Extra response headers (e.g. Retry-After); none by default."""
+        return None
 
 
 class InvalidInputError(ApiError):
@@ -54,6 +60,32 @@ class UnauthorizedError(ApiError):
     status = 401
     kind = "authentication_error"
 
+    def headers(self) -> dict[str, str] | None:
+        """The scheme the client must use."""
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenError(ApiError):
+    """A request this server is configured to refuse, whoever sends it."""
+
+    status = 403
+    kind = "permission_error"
+
+
+class TrainingBusyError(ApiError):
+    """Every training slot of this process is taken (MAX_CONCURRENT_TRAINS)."""
+
+    status = 429
+    kind = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message, None)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str] | None:
+        """Retry-After in whole seconds."""
+        return {"Retry-After": str(self.retry_after_seconds)}
+
 
 class NoHeadError(ApiError):
     """Predict was asked for while no head is loaded."""
@@ -71,6 +103,11 @@ class PayloadTooLargeError(ApiError):
 # The one table from exception to (HTTP status, error type). Most specific first.
 STATUS_TABLE: list[tuple[type[Exception], int, str]] = [
     (QueueFullError, 429, "rate_limit_error"),
+    # A train that ran past TRAIN_TIMEOUT_SECONDS; the message names the limit.
+    (DeadlineExceededError, 408, "timeout_error"),
+    # Work stopped because its client went away: nobody reads this answer, but the access
+    # log and metrics show the train as "client closed request", not as a server error.
+    (CancelledError, 499, "cancelled_error"),
     (HeadNotFoundError, 404, "not_found_error"),
     (TrainingDataError, 422, "invalid_request_error"),
     (FingerprintMismatchError, 409, "conflict_error"),
@@ -113,8 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-        return error_response(str(error), error.kind, error.status, error.param, headers)
+        return error_response(str(error), error.kind, error.status, error.param, error.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -124,6 +160,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        if error.status_code == 400 and error.detail == BODY_PARSE_DETAIL:
+            # FastAPI's answer to a body it cannot decode: bytes that are not UTF-8, or a
+            # client that went away mid-upload.
+            message = "body: cannot be read as JSON text (it must be UTF-8)"
+            return error_response(message, kind, 400, "body")
         return error_response(str(error.detail), kind, error.status_code)
 
     async def _domain(request: Request, error: Exception) -> JSONResponse:
@@ -137,7 +178,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 return error_response(str(error), kind, status, headers=headers)
         raise error  # not ours: let the server-error handler below report it
 
-    for base in (EmbedderError, ClassifierError):
+    for base in (EmbedderError, ClassifierError, CancelledError):
         app.add_exception_handler(base, _domain)
 
     @app.exception_handler(Exception)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.deps import AppState
+from api.deps import AppState, log_write_access
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.middleware import ServiceMiddleware, configure_logging
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    log_write_access(settings)
     metrics = Metrics()
 
     @asynccontextmanager

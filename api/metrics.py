@@ -49,6 +49,11 @@ class Metrics:
             registry=self.registry,
         )
         self.cache_up = Gauge("bertheads_cache_up", "1 while Redis answers", registry=self.registry)
+        self.trains_running = Gauge(
+            "bertheads_trains_running",
+            "Trains holding a slot of MAX_CONCURRENT_TRAINS",
+            registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one request and its latency."""

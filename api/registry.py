@@ -19,6 +19,7 @@ import redis
 
 from api.errors import NoHeadError, NotFoundError
 from api.metrics import Metrics
+from bertheads.cancel import CancelToken, check
 from bertheads.settings import REPO_ROOT, Settings
 from classifier import artifacts
 from classifier import live as pointers
@@ -261,8 +262,13 @@ class HeadRegistry:
         options: dict[str, Any],
         *,
         data_hashes: dict[str, str] | None = None,
+        cancel: CancelToken | None = None,
     ) -> dict[str, Any]:
-        """Embed, fit, save a new version and make it live. Trains of one head queue up."""
+        """Embed, fit, save a new version and make it live. Trains of one head queue up.
+
+        `cancel` is checked between steps and last before anything is written, so a
+        cancelled or timed-out train leaves no version behind.
+        """
         from classifier.training import train_head
 
         with self._lock_for(name):
@@ -276,12 +282,15 @@ class HeadRegistry:
                         "train lock unavailable (%s); serialising in this process only", error
                     )
             try:
+                check(cancel)
                 started = time.perf_counter()
                 vectors = self.service.embed(texts, count_truncated=False).vectors
+                check(cancel)
                 embedded = time.perf_counter()
                 options = dict(options)
                 label_names = options.pop("label_names", None)
                 trained = train_head(vectors, labels, label_names=label_names, **options)
+                check(cancel)
                 record = artifacts.save_head(
                     trained,
                     self.models_dir,

@@ -2,7 +2,9 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.validation import CleanStr, LabelStr, usable_label
 
 
 class EmbedRequest(BaseModel):
@@ -30,7 +32,9 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     texts: str | list[str]
-    head: str | None = Field(None, description="Head name; default: the server's default head.")
+    head: CleanStr | None = Field(
+        None, description="Head name; default: the server's default head."
+    )
 
 
 class Prediction(BaseModel):
@@ -56,7 +60,14 @@ class Example(BaseModel):
 
     text: str
     label: str | int | None = None
-    labels: list[str] | None = None
+    labels: list[LabelStr] | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_usable(cls, value: str | int | None) -> str | int | None:
+        # Checked here, not as an Annotated member of the union, so the error names
+        # `examples.N.label` rather than the union branch that failed.
+        return usable_label(value) if isinstance(value, str) else value
 
 
 class TrainRequest(BaseModel):
@@ -66,9 +77,9 @@ class TrainRequest(BaseModel):
 
     examples: list[Example] | None = None
     file: str | None = Field(None, description="File name inside the server's TRAIN_DATA_DIR.")
-    text_col: str = "text"
-    label_col: str = "label"
-    label_cols: list[str] | None = None
+    text_col: CleanStr = "text"
+    label_col: CleanStr = "label"
+    label_cols: list[LabelStr] | None = None
     head: Literal["logreg", "mlp"] = "logreg"
     loss: Literal["ce", "focal"] = "ce"
     gamma: float = Field(2.0, ge=0, le=10)

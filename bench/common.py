@@ -408,15 +408,17 @@ async def run_load(
     max_seconds: float | None = None,
     timeout: float = 60,
     client: str = "httpx",
+    result: LoadResult | None = None,
 ) -> LoadResult:
     """POST `total` requests from `concurrency` clients (stopping early after `max_seconds`).
 
     `make_request(i)` gives the i-th request's path and JSON body. Anything but a 200,
     including a timeout or a dropped connection, counts as a failure. `client` is "httpx"
     (one shared `httpx.AsyncClient`) or "raw" (`RawHttpClient`, one connection per client
-    loop, bodies serialised before the clock starts).
+    loop, bodies serialised before the clock starts). Pass `result` to watch the counts
+    grow while the load runs (to act at a point of its progress).
     """
-    result = LoadResult()
+    result = result if result is not None else LoadResult()
     counter = iter(range(total))
     started = time.perf_counter()
 

@@ -162,6 +162,31 @@ def run_phase(
     }
 
 
+def text_sources(url: str) -> tuple[float, float]:
+    """(texts served from the cache, texts encoded) by the server so far, from /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    return (
+        metric_value(text, "bertheads_texts_total", source="cache"),
+        metric_value(text, "bertheads_texts_total", source="encoder"),
+    )
+
+
+def checked_phase(url: str, kind: str, *phase: object) -> dict:
+    """`run_phase`, recording where its texts came from and whether that matches `kind`.
+
+    An "uncached" phase that hit the cache, or a "cached" one that encoded (Redis down,
+    evicted keys), would measure the other thing under this one's name.
+    """
+    before = text_sources(url)
+    row = run_phase(url, *phase)
+    after = text_sources(url)
+    row["texts_from_cache"] = int(after[0] - before[0])
+    row["texts_encoded"] = int(after[1] - before[1])
+    wrong = row["texts_from_cache"] if kind == "uncached" else row["texts_encoded"]
+    row["kind_verified"] = wrong == 0 and row["texts_from_cache"] + row["texts_encoded"] > 0
+    return row
+
+
 def mean_batch(metrics_text: str) -> tuple[float, float]:
     """(sum, count) of the server's coalesced encode batch sizes so far."""
     name = "bertheads_encode_batch_texts"
@@ -181,18 +206,24 @@ def load_levels(url: str, arguments: argparse.Namespace, texts: list[str], run_i
                 continue
             before = mean_batch(httpx.get(f"{url}/metrics").text)
             client = arguments.client
-            uncached = run_phase(url, "/embed", embed_body, groups, clients, len(groups), client)
+            uncached = checked_phase(
+                url, "uncached", "/embed", embed_body, groups, clients, len(groups), client
+            )
             after = mean_batch(httpx.get(f"{url}/metrics").text)
             batches = after[1] - before[1]
-            uncached["mean_encode_batch"] = round((after[0] - before[0]) / batches, 1)
+            uncached["mean_encode_batch"] = round((after[0] - before[0]) / max(batches, 1), 1)
             total = max(arguments.cached_requests, 4 * clients)
-            cached = run_phase(url, "/embed", embed_body, groups, clients, total, client)
-            predict = run_phase(url, "/predict", embed_body, groups, clients, total, client)
+            cached = checked_phase(
+                url, "cached", "/embed", embed_body, groups, clients, total, client
+            )
+            predict = checked_phase(
+                url, "cached", "/predict", embed_body, groups, clients, total, client
+            )
             phases = [("uncached", uncached), ("cached", cached), ("cached", predict)]
             if arguments.compare_clients and clients == 1:
                 other = "httpx" if client == "raw" else "raw"
                 for path in ("/embed", "/predict"):
-                    row = run_phase(url, path, embed_body, groups, clients, total, other)
+                    row = checked_phase(url, "cached", path, embed_body, groups, 1, total, other)
                     phases.append(("cached", row))
             for kind, row in phases:
                 rows.append({"kind": kind, "texts_per_request": size, **row})
@@ -287,7 +318,23 @@ def main() -> int:
         f"http_load_{arguments.backend}" if arguments.backend else "http_load"
     )
     print(f"wrote {write_result(name, summary)}")
-    return 1 if any(row["errors"] for row in rows) else 0
+    return 0 if phases_hold(rows) else 1
+
+
+def phases_hold(rows: list[dict]) -> bool:
+    """False (and says why) when a phase failed requests, measured the wrong thing, or none ran."""
+    problems = [f"{row['kind']} {row['path']} x{row['clients']}" for row in rows if row["errors"]]
+    problems += [
+        f"{row['kind']} {row['path']} x{row['clients']}: {row['texts_from_cache']} cached, "
+        f"{row['texts_encoded']} encoded"
+        for row in rows
+        if not row.get("kind_verified", True)
+    ]
+    if not rows:
+        problems.append("no phase ran (every level was skipped: raise --texts)")
+    for problem in problems:
+        print(f"FAIL {problem}")
+    return not problems
 
 
 def summarise(

@@ -57,10 +57,12 @@ from common import (
 from http_load import (
     MPNET,
     base_texts,
+    checked_phase,
     chunks,
     fresh,
     header,
     local_model_path,
+    phases_hold,
     print_row,
     run_phase,
     start_server,
@@ -206,21 +208,35 @@ def infinity_command(venv: Path, engine: str, model_dir: Path, port: int) -> lis
     return command
 
 
-def levels(url: str, path: str, body, texts: list[str], tag: str, arguments, repeats: int) -> list:
-    """Uncached single-text phases at each client count, then repeats at 1 client."""
+def levels(
+    url: str,
+    path: str,
+    body,
+    texts: list[str],
+    tag: str,
+    arguments,
+    repeats: int,
+    ours: bool = False,
+) -> list:
+    """Uncached single-text phases at each client count, then repeats at 1 client.
+
+    On our server (`ours`) each phase is checked to be what it says (all encoded, then all
+    from the cache); infinity keeps no such counts.
+    """
+
+    def phase(kind: str, groups: list[list[str]], clients: int, total: int) -> dict:
+        if ours:
+            return checked_phase(url, kind, path, body, groups, clients, total)
+        return run_phase(url, path, body, groups, clients, total)
+
     rows = []
     for clients in [int(part) for part in arguments.clients.split(",")]:
         groups = chunks(fresh(texts, f"{tag}c{clients}n"), 1)
-        rows.append(
-            {
-                "kind": "uncached",
-                "texts_per_request": 1,
-                **run_phase(url, path, body, groups, clients, len(groups)),
-            }
-        )
+        uncached = phase("uncached", groups, clients, len(groups))
+        rows.append({"kind": "uncached", "texts_per_request": 1, **uncached})
         print_row(rows[-1])
         if clients == 1:
-            repeat = run_phase(url, path, body, groups, 1, repeats)
+            repeat = phase("cached", groups, 1, repeats)
             rows.append({"kind": "repeat", "texts_per_request": 1, **repeat})
             print_row(rows[-1])
     return rows
@@ -341,6 +357,7 @@ def main() -> int:
                     f"{run_id}b",
                     arguments,
                     arguments.repeat_requests,
+                    ours=True,
                 )
                 reference = vectors_of(server.url, "/embed", probe)
             finally:
@@ -362,7 +379,11 @@ def main() -> int:
     summary["ratios"] = ratios(ours_rows, theirs, arguments)
     print(f"load averages: {loads}")
     print(f"wrote {write_result(arguments.name, summary)}")
-    return 0 if summary["ratios"] else 1
+    # Ratios over failed requests or mislabelled phases would compare nothing.
+    theirs_ok = not any(
+        row["errors"] for result in theirs.values() for row in result.get("rows", [])
+    )
+    return 0 if summary["ratios"] and phases_hold(ours_rows) and theirs_ok else 1
 
 
 def ratios(ours: list[dict], theirs: dict, arguments) -> list[dict]:

@@ -21,6 +21,14 @@ class EmptyDataError(TrainingDataError):
     """The data file or array holds no rows."""
 
 
+class TooManyRowsError(TrainingDataError):
+    """The data has more rows than the caller allows; `limit` is that number."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class UnknownFileTypeError(TrainingDataError):
     """The data file's extension is not one we can read."""
 

@@ -52,8 +52,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--embed-url", help="embed through a running bertheads server, e.g. http://gpu-box:8000"
     )
     parser.add_argument("--no-save", action="store_true", help="do not save the head")
-    parser.add_argument("--mlflow", action="store_true", help="log to a local MLflow store")
-    parser.add_argument("--mlflow-dir", type=Path, default=REPO_ROOT / "mlruns")
+    parser.add_argument("--mlflow", action="store_true", help="log the run to MLflow")
+    parser.add_argument(
+        "--mlflow-dir",
+        type=Path,
+        default=REPO_ROOT / "mlruns",
+        help="local MLflow store (SQLite database + artifacts) when --mlflow-uri is not given",
+    )
+    parser.add_argument("--mlflow-uri", help="an MLflow tracking URI (server or database)")
+    parser.add_argument("--mlflow-experiment", default="bertheads")
     return parser.parse_args(argv)
 
 
@@ -239,9 +246,20 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         json.dumps(metrics, indent=2, default=str), encoding="utf-8"
     )
     if arguments.mlflow:
-        from classifier.tracking import log_to_mlflow
+        from classifier.tracking import local_tracking_uri, log_to_mlflow
 
-        log_to_mlflow(arguments.mlflow_dir, "bertheads", name, trained.params, metrics, out_dir)
+        tags = {"head": name, "fingerprint": str(service.fingerprint)}
+        if "saved" in metrics:
+            tags["version"] = str(metrics["saved"]["version"])
+        metrics["mlflow_run_id"] = log_to_mlflow(
+            arguments.mlflow_uri or local_tracking_uri(arguments.mlflow_dir),
+            arguments.mlflow_experiment,
+            name,
+            trained.params,
+            metrics,
+            out_dir,
+            tags,
+        )
     metrics["plots"] = [str(path) for path in plots]
     return metrics
 
@@ -267,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if "saved" in metrics:
         saved = metrics["saved"]
         print(f"saved {saved['name']} v{saved['version']}: {saved['path']}")
+    if "mlflow_run_id" in metrics:
+        print(f"mlflow run {metrics['mlflow_run_id']}")
     return 0
 
 

@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh test [pytest args]           install, then run the test suite
 #   bash scripts/setup.sh install                      install only
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# BASH_SOURCE, not $0: tests source this file to call ensure_redis.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 VENV="$ROOT/.venv"
@@ -32,24 +33,101 @@ install() {
   echo "$want" > "$stamp"
 }
 
-redis_up() {
-  "$VENV/bin/python" - <<'PY' 2>/dev/null
-import os, redis
-redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_connect_timeout=1).ping()
-PY
+# Redis. Eviction policy is per instance, so the cache and the state (heads and locks, with
+# HEAD_STORE=redis://...) never share one: the cache evicts (allkeys-lru at maxmemory), the
+# state must not (noeviction; redis-py locks carry a TTL, so even volatile-* could drop them).
+# The default HEAD_STORE is a folder (locks are file locks): then only the cache is needed.
+redis_answers() {  # URL
+  if command -v redis-cli >/dev/null; then
+    timeout 3 redis-cli -u "$1" ping 2>/dev/null | grep -q PONG
+  else
+    "$VENV/bin/python" -c 'import sys, redis
+redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()' "$1" 2>/dev/null
+  fi
+}
+
+redis_address() {  # URL -> host:port (credentials, database and query dropped)
+  local rest=${1#*://}
+  rest=${rest##*@}
+  rest=${rest%%/*}
+  rest=${rest%%\?*}
+  case "$rest" in *:*) ;; *) rest="${rest:-127.0.0.1}:6379" ;; esac
+  case "$rest" in localhost:*) rest="127.0.0.1:${rest#localhost:}" ;; esac
+  echo "$rest"
+}
+
+redis_is_local() {  # host:port
+  [ "${1%:*}" = 127.0.0.1 ]
+}
+
+redis_config() {  # URL name -> the instance's value, or nothing without redis-cli
+  command -v redis-cli >/dev/null || return 0
+  timeout 3 redis-cli -u "$1" config get "$2" 2>/dev/null | sed -n 2p || true
+}
+
+start_redis() {  # host:port what redis-server-options...
+  local address=$1 what=$2
+  shift 2
+  if ! command -v redis-server >/dev/null; then
+    echo "== no Redis answers at $address and redis-server is not installed: $what unavailable"
+    return 0
+  fi
+  echo "== starting redis-server on $address ($what)"
+  redis-server --daemonize yes --bind "${address%:*}" --port "${address##*:}" "$@" >/dev/null
+  for _ in $(seq 50); do
+    redis_answers "redis://$address" && return 0
+    sleep 0.1
+  done
+  echo "== redis-server on $address did not answer" >&2
+  return 1
 }
 
 ensure_redis() {
-  if ! redis_up; then
-    if command -v redis-server >/dev/null; then
-      echo "== starting redis-server on 6379 (no persistence)"
-      redis-server --daemonize yes --port 6379 --save "" --appendonly no >/dev/null
-      sleep 0.5
-    else
-      echo "== no Redis answers and redis-server is not installed: the service runs uncached"
+  local cache_url=${REDIS_URL:-redis://127.0.0.1:6379/0} store=${HEAD_STORE:-}
+  local cache_address state_address state_dir policy
+  cache_address=$(redis_address "$cache_url")
+  if redis_answers "$cache_url"; then
+    if [ "$(redis_config "$cache_url" maxmemory)" = 0 ]; then
+      echo "== note: the cache Redis at $cache_address has no maxmemory: it grows until memory runs out"
     fi
+  elif redis_is_local "$cache_address"; then
+    # The cache: bounded, least recently used vectors evicted first, nothing on disk.
+    start_redis "$cache_address" "embedding cache" --maxmemory "${REDIS_MAXMEMORY:-2gb}" \
+      --maxmemory-policy allkeys-lru --save "" --appendonly no
+  else
+    echo "== Redis at $cache_address does not answer: the service runs uncached until it does"
+  fi
+
+  case "$store" in redis://* | rediss://*) ;; *) return 0 ;; esac
+  state_address=$(redis_address "$store")
+  if [ "$state_address" = "$cache_address" ]; then
+    echo "HEAD_STORE and REDIS_URL name one Redis instance ($state_address); eviction policy" \
+      "is per instance, so heads and locks need a non-evicting instance of their own:" \
+      "point HEAD_STORE at another port" >&2
+    return 1
+  fi
+  if redis_answers "$store"; then
+    policy=$(redis_config "$store" maxmemory-policy)
+    if [ -n "$policy" ] && [ "$policy" != noeviction ]; then
+      echo "HEAD_STORE at $state_address has maxmemory-policy $policy: heads and locks could" \
+        "be evicted. Run: redis-cli -u '$store' config set maxmemory-policy noeviction" >&2
+      return 1
+    fi
+  elif redis_is_local "$state_address"; then
+    # State: never evicted, every write in the append-only file before it is acknowledged.
+    state_dir=${REDIS_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/bertheads/redis-${state_address##*:}}
+    mkdir -p "$state_dir"
+    start_redis "$state_address" "head store, data in $state_dir" --dir "$state_dir" \
+      --maxmemory-policy noeviction --appendonly yes --appendfsync always --save ""
+  else
+    echo "== HEAD_STORE at $state_address does not answer: replicas serve the heads they loaded"
   fi
 }
+
+# Sourced (by tests): functions only.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+  return 0
+fi
 
 command=${1:-serve}
 shift || true
@@ -58,8 +136,7 @@ case "$command" in
   install) ;;
   serve)
     ensure_redis
-    exec "$VENV/bin/uvicorn" api.main:create_app --factory --host "${HOST:-127.0.0.1}" \
-      --port "${PORT:-8000}" "$@"
+    exec "$VENV/bin/python" -m api "$@"
     ;;
   test)
     ensure_redis

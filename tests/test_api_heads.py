@@ -74,7 +74,7 @@ def test_multiclass_train_predict_and_versions(client):
     detail = client.get("/heads/support").json()
     assert detail["task"] == "multiclass" and [v["version"] for v in detail["versions"]] == [1, 2]
 
-    rolled = client.post("/heads/support/rollback", headers=AUTH)
+    rolled = client.post("/heads/support/rollback", json={}, headers=AUTH)
     assert rolled.status_code == 200 and rolled.json()["version"] == 1
     assert client.post("/predict", json={"texts": ["refund"]}).json()["version"] == 1
     pinned = client.post("/heads/support/rollback", json={"version": 2}, headers=AUTH)
@@ -144,7 +144,7 @@ def test_every_mutating_endpoint_needs_the_key(client):
     train(client, "support", support_examples(80))
     calls = [
         ("post", "/heads/support/train", {"examples": support_examples(40)}),
-        ("post", "/heads/support/rollback", None),
+        ("post", "/heads/support/rollback", {}),
         ("delete", "/heads/support", None),
     ]
     for method, path, payload in calls:

@@ -5,12 +5,18 @@ send what client libraries refuse to: chunked bodies without content-length and 
 `..` that an HTTP client would normalise away.
 """
 
+import base64
 import csv
 import json
+import os
+import random
 import re
 import select
 import shutil
 import socket
+import string
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,7 +30,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.main import create_app
-from tests.conftest import API_DB, REPO, free_port, make_settings, redis_db_url
+from tests.conftest import API_DB, MINILM, REPO, free_port, make_settings, redis_db_url
 
 KEY = "robust-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -274,7 +280,7 @@ def test_data_too_small_to_train_is_4xx(live, examples):
     ("content", "content_type", "status", "param"),
     [
         (b'{"version": ', "application/json", 422, "body"),
-        (b"version=1", "text/plain", 422, "body"),
+        (b"version=1", "text/plain", 415, "content-type"),
         (b'{"version": "one"}', "application/json", 422, "version"),
         (b'{"version": 0}', "application/json", 422, "version"),
         (b'{"version": null, "extra": 1}', "application/json", 422, "extra"),
@@ -296,7 +302,7 @@ def test_rollback_rejects_bad_input(live, content, content_type, status, param):
     [
         ("POST", "/predict", {"texts": ["hi"], "head": "nope"}),
         ("GET", "/heads/nope", None),
-        ("POST", "/heads/nope/rollback", None),
+        ("POST", "/heads/nope/rollback", {}),
         ("DELETE", "/heads/nope", None),
     ],
 )
@@ -557,3 +563,570 @@ def test_logs_hold_request_ids_and_no_request_text(tmp_path, redis_url, capfd):
     assert any(e["request_id"] == sent_id and "/embed 200" in e["message"] for e in access)
     assert any(e["request_id"] == generated_id for e in access)
     assert all(set(e) >= {"time", "level", "logger", "request_id", "message"} for e in entries)
+
+
+# -- hostile clients ---------------------------------------------------------------------------
+# Each probe below is something a careless or hostile client can send; each answered 500,
+# did costly work, or changed state on the code before the hardening of issue 12.
+
+
+def slow_examples(count: int, words: int = 100) -> list[dict]:
+    """Texts never seen before (so nothing is cached) and long enough to fill max_seq_len."""
+    generator = random.Random(time.time_ns())
+    letters = string.ascii_lowercase
+    texts = [
+        " ".join(
+            "".join(generator.choices(letters, k=generator.randint(3, 8))) for _ in range(words)
+        )
+        for _ in range(count)
+    ]
+    return [{"text": text, "label": "ab"[index % 2]} for index, text in enumerate(texts)]
+
+
+def trains_running(client: httpx.Client | TestClient, headers: dict | None = None) -> float | None:
+    """bertheads_trains_running from /metrics, or None when the gauge does not exist."""
+    text = client.get("/metrics", headers=headers or {}).text
+    match = re.search(r"^bertheads_trains_running (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def live_version(client: httpx.Client, head: str) -> int | None:
+    response = client.get(f"/heads/{head}")
+    return response.json()["live_version"] if response.status_code == 200 else None
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body"),
+    [
+        ("/heads/support/train", "POST", json.dumps({"examples": []}).encode()),
+        ("/heads/support/rollback", "POST", b"{}"),
+        ("/heads/support", "DELETE", b""),
+    ],
+)
+@pytest.mark.parametrize("token", ["cl\u00e9", "\u00ff\u00fe", "robust-key\u00e9"])
+def test_non_ascii_bearer_token_is_401(live, path, method, body, token):
+    server, client, root = live
+    before = live_version(client, "support")
+    # Header bytes as a client sends them (UTF-8); raw_http writes each str char as one byte.
+    raw = f"Bearer {token}".encode().decode("latin-1")
+    status, headers, payload = raw_http(
+        server.port,
+        method,
+        path,
+        body=body,
+        headers={"Content-Type": "application/json", "Authorization": raw},
+    )
+    assert status == 401, payload[:300]
+    error = json.loads(payload)["error"]
+    assert error["param"] == "authorization" and headers["www-authenticate"] == "Bearer"
+    assert live_version(client, "support") == before and (root / "models" / "support").is_dir()
+
+
+def test_a_non_ascii_api_key_is_compared_as_the_bytes_sent(tmp_path, redis_url):
+    key = "cl\u00e9-s\u00e9cr\u00e8te"
+    settings = make_settings(tmp_path, redis_url, api_key=key, protect_reads=True)
+    with LiveServer(create_app(settings)) as server:
+        sent = f"Bearer {key}".encode().decode("latin-1")  # the UTF-8 bytes, one per char
+        status, _, payload = raw_http(server.port, "GET", "/heads", headers={"Authorization": sent})
+        assert status == 200, payload[:300]
+        wrong = f"Bearer {key[:-1]}\u00e9".encode().decode("latin-1")
+        status, _, _ = raw_http(server.port, "GET", "/heads", headers={"Authorization": wrong})
+        assert status == 401
+
+
+SURROGATE, NUL = "\ud800", "\u0000"
+
+
+@pytest.mark.parametrize("bad", [SURROGATE, "\udfff", NUL], ids=["high", "low", "nul"])
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/embed", lambda bad: {"texts": ["fine", f"a{bad}b"]}, "texts[1]"),
+        ("/embed", lambda bad: {"texts": bad}, "texts"),
+        ("/predict", lambda bad: {"texts": [f"{bad}"], "head": "support"}, "texts[0]"),
+        ("/predict", lambda bad: {"texts": ["fine"], "head": f"support{bad}"}, "head"),
+        ("/v1/embeddings", lambda bad: {"input": ["ok", bad], "model": "default"}, "input[1]"),
+        ("/v1/embeddings", lambda bad: {"input": "ok", "model": f"default{bad}"}, "model"),
+        (
+            "/heads/fresh/train",
+            lambda bad: {"examples": [*support_examples(6), {"text": bad, "label": "billing"}]},
+            "examples[6]",
+        ),
+        (
+            "/heads/fresh/train",
+            lambda bad: {"examples": [*support_examples(6), {"text": "x", "label": f"a{bad}"}]},
+            "examples.6.label",
+        ),
+        (
+            "/heads/fresh/train",
+            lambda bad: {"examples": [{"text": "x", "labels": ["ok", bad]}]},
+            "examples.0.labels.1",
+        ),
+        ("/heads/fresh/train", lambda bad: {"file": "good.csv", "text_col": bad}, "text_col"),
+    ],
+    ids=[
+        "embed-item",
+        "embed-single",
+        "predict-text",
+        "predict-head",
+        "openai-input",
+        "openai-model",
+        "train-text",
+        "train-label",
+        "train-labels",
+        "train-column",
+    ],
+)
+def test_lone_surrogates_and_nul_are_422_naming_the_field(live, path, body, param, bad):
+    _, client, root = live
+    # json.dumps writes "\ud800" as the six-character escape, exactly as a hostile client can.
+    content = json.dumps(body(bad)).encode()
+    response = client.post(
+        path, content=content, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert_error(response, 422, param)
+    word = "NUL" if bad == NUL else "surrogate"
+    assert word in response.json()["error"]["message"]
+    assert not (root / "models" / "fresh").exists()
+
+
+@pytest.mark.parametrize("path", ["/embed", "/predict", "/v1/embeddings", "/heads/fresh/train"])
+def test_a_body_that_is_not_utf8_is_4xx_naming_the_body(live, path):
+    _, client, _ = live
+    content = b'{"texts": ["caf\xe9"], "input": ["caf\xe9"], "examples": [], "model": "x"}'
+    response = client.post(
+        path, content=content, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert_error(response, 400, "body", "UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("example", "param", "words"),
+    [
+        ({"text": "x", "label": ""}, "examples.3.label", ["empty"]),
+        ({"text": "x", "label": "   "}, "examples.3.label", ["empty"]),
+        ({"text": "x", "label": None}, "examples[3]", ["exactly one"]),
+        ({"text": "x", "label": ["billing"]}, "examples.3.label", []),
+        ({"text": "x", "label": {"name": "billing"}}, "examples.3.label", []),
+        ({"text": "x", "labels": ["a", ""]}, "examples.3.labels.1", ["empty"]),
+    ],
+    ids=["empty", "blank", "null", "list", "object", "empty-in-list"],
+)
+def test_unusable_labels_are_named(live, example, param, words):
+    _, client, root = live
+    examples = [*support_examples(3), example]
+    response = client.post("/heads/fresh/train", json={"examples": examples}, headers=AUTH)
+    assert_error(response, 422, param, *words)
+    assert not (root / "models" / "fresh").exists()
+
+
+HOSTILE_FILES: dict[str, tuple[bytes, list[str]]] = {
+    # name: (bytes, words the error must hold)
+    "latin1.csv": (
+        "text,label\nfine,billing\ncaf\u00e9 au lait,shipping\n".encode("latin-1"),
+        ["line 3", "UTF-8"],
+    ),
+    "text_missing_later.jsonl": (
+        b'{"text": "one", "label": "a"}\n{"text": "two", "label": "b"}\n{"label": "a"}\n',
+        ["row 3 (line 3)", "'text'"],
+    ),
+    "label_missing_later.jsonl": (
+        b'{"text": "one", "label": "a"}\n\n{"text": "two"}\n{"text": "three", "label": "b"}\n',
+        ["row 2 (line 3)", "'label'"],
+    ),
+    "label_is_a_list.jsonl": (
+        b'{"text": "one", "label": "a"}\n{"text": "two", "label": ["a", "b"]}\n',
+        ["row 2", "one label is expected"],
+    ),
+    "label_is_null.jsonl": (
+        b'{"text": "one", "label": "a"}\n{"text": "two", "label": null}\n',
+        ["row 2 (line 2)", "'label'"],
+    ),
+    "label_is_empty.csv": (b"text,label\none,a\ntwo,\nthree,b\n", ["row 2 (line 3)", "empty"]),
+    "text_is_a_number.jsonl": (
+        b'{"text": "one", "label": "a"}\n{"text": 7, "label": "b"}\n',
+        ["row 2", "not a string"],
+    ),
+    "surrogate_text.jsonl": (
+        b'{"text": "one", "label": "a"}\n{"text": "t\\ud800", "label": "b"}\n',
+        ["row 2", "surrogate"],
+    ),
+    "nul_text.csv": (b"text,label\none,a\nt\x00wo,b\n", ["row 2", "NUL"]),
+    "short_row.csv": (b"text,label\none,a\ntwo\nthree,b\n", ["row 2 (line 3)", "'label'"]),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_files(live) -> Path:
+    _, _, root = live
+    directory = root / "train_data"
+    for name, (content, _) in HOSTILE_FILES.items():
+        (directory / name).write_bytes(content)
+    return directory
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_FILES))
+def test_training_files_are_checked_row_by_row(live, hostile_files, name):
+    _, client, root = live
+    response = client.post("/heads/fresh/train", json={"file": name}, headers=AUTH)
+    assert_error(response, 422, "file", name, *HOSTILE_FILES[name][1])
+    assert str(root) not in response.text
+    assert not (root / "models" / "fresh").exists()
+
+
+@pytest.mark.parametrize("name", ["latin1.csv", "text_missing_later.jsonl", "nul_text.csv"])
+def test_train_cli_exits_2_naming_the_row(tmp_path, capsys, name):
+    from classifier.train import main
+
+    path = tmp_path / name
+    path.write_bytes(HOSTILE_FILES[name][0])
+    assert main(["--data", str(path), "--no-save", "--model", MINILM]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and error.count("\n") == 1
+    for word in HOSTILE_FILES[name][1]:
+        assert word in error, error
+
+
+def test_thousands_of_distinct_labels_are_refused_before_any_work(live):
+    _, client, root = live
+    examples = [{"text": f"label probe {i}", "label": f"class-{i // 2}"} for i in range(4000)]
+    started = time.perf_counter()
+    response = client.post(
+        "/heads/many/train", json={"examples": examples}, headers=AUTH, timeout=30
+    )
+    elapsed = time.perf_counter() - started
+    assert_error(response, 422, "examples", "2000 distinct labels", "1000", "MAX_LABELS")
+    assert elapsed < 10, elapsed  # refused, not trained: a train of 4,000 texts takes minutes
+    assert not (root / "models" / "many").exists()
+
+
+def test_train_slot_is_taken_before_embedding_and_the_second_gets_429(live):
+    server, client, root = live
+    assert trains_running(client) == 0
+    first: dict = {}
+
+    def long_train() -> None:
+        with httpx.Client(base_url=server.url, timeout=600) as own:
+            first["response"] = own.post(
+                "/heads/slow-a/train", json={"examples": slow_examples(200)}, headers=AUTH
+            )
+
+    thread = threading.Thread(target=long_train)
+    thread.start()
+    try:
+        wait_until(lambda: trains_running(client) == 1, 60, "the first train to take its slot")
+        started = time.perf_counter()
+        second = client.post(
+            "/heads/slow-b/train", json={"examples": support_examples(40)}, headers=AUTH
+        )
+        elapsed = time.perf_counter() - started
+        assert_error(second, 429, None, "MAX_CONCURRENT_TRAINS", "1")
+        assert second.json()["error"]["type"] == "rate_limit_error"
+        assert int(second.headers["retry-after"]) >= 1
+        assert elapsed < 2, elapsed  # refused at once, not queued behind the running train
+        assert "response" not in first  # the first train was still running when refused
+    finally:
+        thread.join(timeout=600)
+    assert first["response"].status_code == 200, first["response"].text
+    assert trains_running(client) == 0
+    retried = client.post(
+        "/heads/slow-b/train", json={"examples": support_examples(40)}, headers=AUTH
+    )
+    assert retried.status_code == 200, retried.text  # the slot freed
+    assert (root / "models" / "slow-b").is_dir()
+
+
+def test_a_disconnected_client_cancels_its_train(live):
+    server, client, root = live
+    assert trains_running(client) == 0
+    body = json.dumps({"examples": slow_examples(200)}).encode()
+    request = (
+        "POST /heads/abandoned/train HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        sock.sendall(request)
+        wait_until(lambda: trains_running(client) == 1, 60, "the train to start")
+    finally:
+        sock.close()  # the client goes away mid-train
+    wait_until(lambda: trains_running(client) == 0, 300, "the cancelled train to free its slot")
+    assert client.get("/heads/abandoned").status_code == 404  # no version was saved
+    assert not (root / "models" / "abandoned").exists() or not any(
+        (root / "models" / "abandoned").glob("v*")
+    )
+    again = client.post(
+        "/heads/after-abandon/train", json={"examples": support_examples(40)}, headers=AUTH
+    )
+    assert again.status_code == 200, again.text
+
+
+def test_a_slow_upload_holds_no_train_slot(live):
+    server, client, _ = live
+    body = json.dumps({"examples": support_examples(40)}).encode()
+    request = (
+        "POST /heads/slow-upload/train HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body[: len(body) // 2]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(request)  # half the body, then nothing: a slowloris upload
+        time.sleep(0.5)
+        assert trains_running(client) == 0
+        other = client.post(
+            "/heads/while-slow/train", json={"examples": support_examples(40)}, headers=AUTH
+        )
+        assert other.status_code == 200, other.text
+    assert client.get("/heads/slow-upload").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"version": 1}', "text/plain"),
+        (b'{"version": 1}', "text/plain;charset=UTF-8"),
+        (b"version=1", "application/x-www-form-urlencoded"),
+        (b"", "application/x-www-form-urlencoded"),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="version"\r\n\r\n1\r\n--x--\r\n',
+            "multipart/form-data; boundary=x",
+        ),
+        (b"", None),
+    ],
+    ids=["text-plain", "text-plain-charset", "form", "empty-form", "multipart", "no-body"],
+)
+def test_cross_site_rollback_is_refused(live, content, content_type):
+    # What a page on another site can make a browser send without a CORS preflight.
+    server, client, _ = live
+    before = live_version(client, "support")
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    status, _, payload = raw_http(
+        server.port, "POST", "/heads/support/rollback", body=content, headers=headers
+    )
+    assert status == 415, payload[:300]
+    assert json.loads(payload)["error"]["param"] == "content-type"
+    assert live_version(client, "support") == before
+
+
+def test_nan_and_inf_in_the_cache_never_reach_a_response(live, minilm):
+    import numpy as np
+
+    from embedder.cache import cache_key
+
+    _, client, _ = live
+    health = client.get("/health").json()
+    raw_space = minilm.fingerprint(normalize=False)
+    assert health["fingerprint"] == raw_space  # the server stores raw vectors in this space
+    cache = redis.Redis.from_url(redis_db_url(API_DB))
+    text = f"poisoned cache entry {time.time_ns()}"
+    key = cache_key(raw_space, text)
+    poison = np.full(health["dim"], 0.25, dtype=np.float32)
+    poison[0], poison[1], poison[2] = np.nan, np.inf, -np.inf
+
+    def plant() -> None:
+        cache.set(key, poison.tobytes())
+
+    expected = minilm.encode_raw([text])[0]
+    plant()
+    embedded = client.post("/embed", json={"texts": [text, "a clean text"]})
+    assert embedded.status_code == 200, embedded.text
+    vectors = embedded.json()["embeddings"]
+    assert all(value is not None for row in vectors for value in row)
+    np.testing.assert_allclose(np.asarray(vectors[0]), expected, atol=1e-4)
+    assert np.isfinite(np.frombuffer(cache.get(key), dtype=np.float32)).all()  # replaced
+
+    plant()
+    predicted = client.post("/predict", json={"texts": [text], "head": "support"})
+    assert predicted.status_code == 200, predicted.text
+    probabilities = predicted.json()["predictions"][0]["probabilities"]
+    assert all(np.isfinite(value) for value in probabilities.values())
+
+    for encoding in ("float", "base64"):
+        plant()
+        response = client.post(
+            "/v1/embeddings",
+            json={"input": [text], "model": "default", "encoding_format": encoding},
+        )
+        assert response.status_code == 200, response.text
+        embedding = response.json()["data"][0]["embedding"]
+        if encoding == "base64":
+            embedding = np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+        assert np.isfinite(np.asarray(embedding, dtype=np.float64)).all()
+        np.testing.assert_allclose(np.asarray(embedding), expected, atol=1e-4)
+    cache.close()
+
+
+def test_openai_usage_is_counted_off_the_event_loop_and_no_further_than_the_cap(
+    tmp_path, redis_url, minilm
+):
+    import asyncio
+
+    settings = make_settings(tmp_path, redis_url)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        encoder = client.app.state.bertheads.encoder
+        real = encoder.token_lengths
+        calls: list[tuple[bool, int]] = []
+
+        def observed(texts):
+            try:
+                asyncio.get_running_loop()
+                on_loop = True
+            except RuntimeError:
+                on_loop = False
+            calls.append((on_loop, max(len(text) for text in texts)))
+            return real(texts)
+
+        encoder.token_lengths = observed
+        long_text = " ".join(["tokenisation"] * 3000)  # 38,999 characters, ~9,000 tokens
+        long_text = long_text[: settings.max_text_chars]
+        short = "a short text"
+        response = client.post(
+            "/v1/embeddings", json={"input": [long_text, short], "model": "default"}
+        )
+        assert response.status_code == 200, response.text
+        cap = encoder.max_seq_len
+        expected = cap + int(minilm.token_lengths([short])[0])
+        assert response.json()["usage"]["prompt_tokens"] == expected
+        assert calls, "no token counting was observed"
+        assert not any(on_loop for on_loop, _ in calls), calls  # never on the event loop
+        assert max(longest for _, longest in calls) < 20 * (cap + 1), calls  # a prefix, not 20k
+
+
+def test_metrics_follow_protect_reads(tmp_path, redis_url):
+    settings = make_settings(tmp_path, redis_url, api_key=KEY, protect_reads=True)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        refused = client.get("/metrics")
+        assert_error(refused, 401, "authorization")
+        assert client.get("/metrics", headers=AUTH).status_code == 200
+        assert client.get("/health").status_code == 200  # liveness stays open for probes
+
+
+WRITES = [
+    ("POST", "/heads/open/train", {"examples": support_examples(40)}),
+    ("POST", "/heads/open/rollback", {}),
+    ("DELETE", "/heads/open", None),
+]
+
+
+def test_writes_without_a_key_on_a_public_bind_are_403(tmp_path, redis_url):
+    settings = make_settings(tmp_path, redis_url, host="0.0.0.0")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for method, path, body in WRITES:
+            response = client.request(method, path, json=body)
+            assert_error(response, 403, "authorization", "API_KEY", "0.0.0.0")
+            assert "ALLOW_UNAUTHENTICATED_WRITES" in response.json()["error"]["message"]
+        assert not (tmp_path / "models" / "open").exists()
+        assert client.post("/embed", json={"texts": ["reads stay open"]}).status_code == 200
+
+
+def test_unauthenticated_writes_can_be_allowed_explicitly_and_are_logged(
+    tmp_path, redis_url, capfd
+):
+    settings = make_settings(tmp_path, redis_url, host="0.0.0.0", allow_unauthenticated_writes=True)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        method, path, body = WRITES[0]
+        assert client.request(method, path, json=body).status_code == 200
+    log = capfd.readouterr().err
+    assert "ALLOW_UNAUTHENTICATED_WRITES=true" in log and "0.0.0.0" in log
+
+
+def test_python_m_api_binds_from_settings_and_refuses_open_writes(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "0.0.0.0",
+        "PORT": str(port),
+        "EMBEDDER_MODEL": MINILM,
+        "REDIS_URL": redis_db_url(API_DB),
+        "MODELS_DIR": str(tmp_path / "models"),
+        "DEMO_HEAD_ON_START": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("API_KEY", None)
+    env.pop("ALLOW_UNAUTHENTICATED_WRITES", None)
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: process.poll() is not None or _answers(url), 180, "python -m api to serve"
+        )
+        assert process.poll() is None, log_path.read_text()[-2000:]
+        response = httpx.post(f"{url}/heads/x/train", json={"examples": support_examples(8)})
+        assert_error(response, 403, "authorization", "API_KEY")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "train, rollback and delete answer 403" in log_path.read_text()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory) -> Iterator[tuple[TestClient, Path]]:
+    """A server with small limits: 300 examples per train, trains stopped after 0.5 s."""
+    root = tmp_path_factory.mktemp("strict")
+    data = root / "train_data"
+    data.mkdir()
+    (data / "too_many.csv").write_text(
+        "text,label\n" + "".join(f"row {i},{'ab'[i % 2]}\n" for i in range(301))
+    )
+    (data / "many_labels.csv").write_text(
+        "text,label\n" + "".join(f"row {i},class-{i}\n" for i in range(40))
+    )
+    settings = make_settings(
+        root,
+        redis_db_url(API_DB),
+        api_key=KEY,
+        max_train_examples=300,
+        max_labels=30,
+        train_timeout_seconds=0.5,
+        train_data_dir=data,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client, root
+
+
+def test_too_many_examples_are_refused_naming_the_limit(strict):
+    client, root = strict
+    examples = [{"text": f"example {i}", "label": "ab"[i % 2]} for i in range(301)]
+    inline = client.post("/heads/big/train", json={"examples": examples}, headers=AUTH)
+    assert_error(inline, 422, "examples", "301 examples", "300", "MAX_TRAIN_EXAMPLES")
+    from_file = client.post("/heads/big/train", json={"file": "too_many.csv"}, headers=AUTH)
+    assert_error(from_file, 422, "file", "more than 300", "MAX_TRAIN_EXAMPLES")
+    labels = client.post("/heads/big/train", json={"file": "many_labels.csv"}, headers=AUTH)
+    assert_error(labels, 422, "file", "40 distinct labels", "MAX_LABELS")
+    columns = [f"c{i}" for i in range(31)]
+    wide = client.post(
+        "/heads/big/train", json={"file": "many_labels.csv", "label_cols": columns}, headers=AUTH
+    )
+    assert_error(wide, 422, "label_cols", "31 labels", "MAX_LABELS")
+    assert not (root / "models" / "big").exists()
+
+
+def test_a_train_past_its_time_limit_is_408_and_saves_nothing(strict):
+    client, root = strict
+    response = client.post(
+        "/heads/timed/train", json={"examples": slow_examples(250)}, headers=AUTH
+    )
+    assert_error(response, 408, None, "TRAIN_TIMEOUT_SECONDS", "0.5")
+    assert response.json()["error"]["type"] == "timeout_error"
+    assert client.get("/heads/timed").status_code == 404
+    assert not any((root / "models").glob("timed/**/*.json"))
+    assert trains_running(client, AUTH) == 0

@@ -6,6 +6,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import JsonBody, ReadAccess, StateDep
 from api.schemas import EmbedRequest, EmbedResponse
 from api.validation import checked_texts
+from api.vectors import finite_embeddings
 
 router = APIRouter(tags=["embeddings"])
 
@@ -17,7 +18,9 @@ async def embed(body: EmbedRequest, state: StateDep) -> Response:
     texts = checked_texts(
         body.texts, max_batch=settings.max_batch, max_chars=settings.max_text_chars, field="texts"
     )
-    result = await run_in_threadpool(state.service.embed, texts, normalize=body.normalize)
+    result = await run_in_threadpool(
+        finite_embeddings, state.service, texts, field="texts", normalize=body.normalize
+    )
     state.metrics.texts.labels("cache").inc(result.cached)
     state.metrics.texts.labels("encoder").inc(len(texts) - result.cached)
     # Serialised by pydantic's Rust core straight to bytes: json.dumps of 768 Python floats

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import StateDep
+from api.deps import ReadAccess, StateDep
 from api.schemas import HealthResponse
 
 router = APIRouter(tags=["operations"])
@@ -27,9 +27,10 @@ async def health(state: StateDep) -> dict:
     }
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[ReadAccess])
 async def metrics(state: StateDep) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format; needs the key when PROTECT_READS is set."""
     state.metrics.queue_depth.set(state.batcher.queue_depth)
+    state.metrics.trains_running.set(state.train_slots.running)
     state.metrics.cache_up.set(1 if state.cache.up else 0)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -10,7 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import JsonBody, ReadAccess, StateDep
 from api.errors import NotFoundError
-from api.validation import checked_texts
+from api.validation import CleanStr, checked_texts
+from api.vectors import finite_embeddings
+from embedder import EmbeddingService, Encoder
+from embedder.service import EmbedResult
 
 router = APIRouter(tags=["openai"])
 
@@ -21,9 +24,46 @@ class OpenAIEmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: str | list[str] = Field(description="A text or a list of texts (token arrays: no).")
-    model: str
+    model: CleanStr
     encoding_format: Literal["float", "base64"] = "float"
-    user: str | None = None
+    user: CleanStr | None = None
+
+
+# Text averages about 4 characters per token (English, WordPiece); a prefix of 12 per token
+# of the cap nearly always already holds more tokens than the cap, so one tokenizer call
+# on a bounded prefix settles a long text.
+PREFIX_CHARS_PER_TOKEN = 12
+
+
+def prompt_tokens(encoder: Encoder, texts: list[str]) -> int:
+    """Tokens the encoder reads: each text's count, capped at max_seq_len.
+
+    Only a prefix of each long text is tokenised, cut at whitespace (so no word is split
+    differently than in the whole text): once the prefix reaches max_seq_len tokens the
+    text is over the cap and the rest needs no tokenising. A prefix that falls short
+    while the text goes on (a very long word, say) is counted whole.
+    """
+    cap = encoder.max_seq_len
+    window = PREFIX_CHARS_PER_TOKEN * (cap + 1)
+    prefixes = []
+    for text in texts:
+        cut = text.rfind(" ", 0, window) if len(text) > window else len(text)
+        prefixes.append(text[: cut if cut > 0 else len(text)])
+    lengths = encoder.token_lengths(prefixes)
+    short = [
+        row
+        for row, (text, prefix) in enumerate(zip(texts, prefixes, strict=True))
+        if len(prefix) < len(text) and lengths[row] < cap
+    ]
+    if short:
+        lengths[short] = encoder.token_lengths([texts[row] for row in short])
+    return int(np.minimum(lengths, cap).sum())
+
+
+def _embed_and_count(service: EmbeddingService, texts: list[str]) -> tuple[EmbedResult, int]:
+    """Runs in the thread pool: tokenising is CPU work the event loop must not wait for."""
+    result = finite_embeddings(service, texts, field="input", count_truncated=False)
+    return result, prompt_tokens(service.encoder, texts)
 
 
 def _model_matches(requested: str, model_id: str) -> bool:
@@ -45,11 +85,9 @@ async def openai_embeddings(body: OpenAIEmbeddingRequest, state: StateDep) -> di
     texts = checked_texts(
         body.input, max_batch=settings.max_batch, max_chars=settings.max_text_chars, field="input"
     )
-    result = await run_in_threadpool(state.service.embed, texts, count_truncated=False)
+    result, tokens = await run_in_threadpool(_embed_and_count, state.service, texts)
     state.metrics.texts.labels("cache").inc(result.cached)
     state.metrics.texts.labels("encoder").inc(len(texts) - result.cached)
-    lengths = np.minimum(state.encoder.token_lengths(texts), state.encoder.max_seq_len)
-    tokens = int(lengths.sum())
     data = []
     for index, vector in enumerate(result.vectors):
         if body.encoding_format == "base64":

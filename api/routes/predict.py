@@ -6,6 +6,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import JsonBody, ReadAccess, StateDep
 from api.schemas import PredictRequest, PredictResponse
 from api.validation import checked_texts
+from api.vectors import finite_embeddings
 
 router = APIRouter(tags=["heads"])
 
@@ -24,7 +25,9 @@ async def predict(body: PredictRequest, state: StateDep) -> dict:
     )
     # Take the head object once: a swap during this request cannot change what answers it.
     head = state.registry.get(body.head)
-    result = await run_in_threadpool(state.service.embed, texts, count_truncated=False)
+    result = await run_in_threadpool(
+        finite_embeddings, state.service, texts, field="texts", count_truncated=False
+    )
     state.metrics.texts.labels("cache").inc(result.cached)
     state.metrics.texts.labels("encoder").inc(len(texts) - result.cached)
     return {"head": head.name, "version": head.version, "predictions": head.predict(result.vectors)}
