@@ -17,7 +17,7 @@ from api.middleware import ServiceMiddleware, configure_logging
 from api.routes import embed, heads, health, openai_compat, predict
 from bertheads.settings import Settings
 from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
-from embedder.batcher import MicroBatcher
+from embedder.batcher import MicroBatcher, worker_count
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -30,11 +30,16 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         torch.set_num_threads(settings.embedder_threads)
     encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
     cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
+    # Buckets cost a text's characters up to what truncation keeps (~8 per token at most).
+    longest = settings.embedder_max_seq_len * 8
     batcher = MicroBatcher(
         encoder.encode_raw,
         max_batch_texts=max(settings.embedder_batch_size * 2, 64),
         max_wait_ms=settings.batch_wait_ms,
         max_queue_texts=settings.queue_max_texts,
+        max_bucket_texts=settings.embedder_batch_size,
+        length=lambda text: min(len(text), longest),
+        workers=worker_count(settings.embedder_threads),
     )
     batcher.on_batch = metrics.batch_size.observe
     service = EmbeddingService(encoder, cache, encode_raw=batcher.encode)
