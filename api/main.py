@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -24,11 +23,17 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _build_state(settings: Settings, metrics: Metrics) -> AppState:
-    if settings.embedder_threads:
-        # Default: torch's own choice (every core), measured best on a quiet machine; fewer
-        # threads help only where other processes compete for the cores.
-        torch.set_num_threads(settings.embedder_threads)
+    # EMBEDDER_THREADS reaches the backend through encoder_options (default: every core).
+    # A backend that fails the fidelity gate on this CPU is replaced by torch fp32; the
+    # encoder logs why and /health reports it.
     encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
+    if encoder.fallback_reason:
+        logger.warning(
+            "serving %s instead of %s: %s",
+            encoder.backend_name,
+            encoder.requested_backend,
+            encoder.fallback_reason,
+        )
     cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
     batcher = MicroBatcher(
         encoder.encode_raw,
