@@ -217,7 +217,7 @@ def load_encoder(
     device: str = "cpu",
     batch_size: int | None = 32,
     threads: int | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Path | str | None = None,
     fallback: bool = True,
 ) -> Encoder:
     """Resolve `model` (local dir, carrying package, or hub) and build its encoder.
@@ -236,6 +236,7 @@ def load_encoder(
             `UnfaithfulBackendError`); `fallback_reason` then says why.
 
     """
+    cache_dir = Path(cache_dir) if cache_dir else None
     resolved = resolve_model(model, cache_dir)
     logger.info("model %s from %s (%s)", resolved.model_id, resolved.source, resolved.path)
     return Encoder(
