@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from embedder import EmbedderError, cache_key, connect, load_encoder
 from embedder.backends import BACKENDS
 from embedder.encoder import Encoder
+from embedder.fidelity import cpu_features
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO.parent / "shared" / "datasets" / "hate_speech"
@@ -102,36 +103,54 @@ def measure_speed(
     }
 
 
+def accuracy(train: np.ndarray, train_labels, test: np.ndarray, test_labels) -> float:
+    head = LogisticRegression(max_iter=2000).fit(train, train_labels)
+    return float((head.predict(test) == test_labels).mean())
+
+
 def measure_fidelity(
     encoders: dict[str, Encoder], redis_url: str | None, with_accuracy: bool
 ) -> dict[str, dict[str, float]]:
+    """Cosine to torch fp32 on test.csv and, with accuracy, heads across backends.
+
+    For each backend B: a logreg head trained on train.csv vectors of one backend and scored
+    on test.csv vectors of another, in all four pairings of torch and B. The deltas are what
+    a head trained on one backend's vectors loses when served on the other's.
+    """
     test_texts, test_labels = read_csv(DATASET / "test.csv")
     train_texts, train_labels = read_csv(DATASET / "train.csv")
     reference = encoders["torch"].encode_raw(test_texts)
+    reference_train = (
+        torch_vectors(encoders["torch"], train_texts, redis_url) if with_accuracy else None
+    )
+    base = accuracy(reference_train, train_labels, reference, test_labels) if with_accuracy else 0
     results = {}
     for name, encoder in encoders.items():
         test = reference if name == "torch" else encoder.encode_raw(test_texts, progress=True)
         similarity = cosine(test, reference)
         row = {"cosine_mean": float(similarity.mean()), "cosine_min": float(similarity.min())}
         if with_accuracy:
-            if name == "torch":
-                train = torch_vectors(encoder, train_texts, redis_url)
-            else:
-                train = encoder.encode_raw(train_texts, progress=True)
-            head = LogisticRegression(max_iter=2000).fit(train, train_labels)
-            row["test_accuracy"] = float((head.predict(test) == test_labels).mean())
-        results[name] = row
-    if with_accuracy:
-        for row in results.values():
-            row["accuracy_drop_points"] = 100 * (
-                results["torch"]["test_accuracy"] - row["test_accuracy"]
+            train = (
+                reference_train
+                if name == "torch"
+                else encoder.encode_raw(train_texts, progress=True)
             )
+            row["test_accuracy"] = accuracy(train, train_labels, test, test_labels)
+            row["train_torch_serve_this"] = accuracy(
+                reference_train, train_labels, test, test_labels
+            )
+            row["train_this_serve_torch"] = accuracy(train, train_labels, reference, test_labels)
+            row["torch_to_torch_accuracy"] = base
+            for key in ("test_accuracy", "train_torch_serve_this", "train_this_serve_torch"):
+                row[f"{key}_delta_points"] = round(100 * (row[key] - base), 2)
+        results[name] = row
     return results
 
 
 def print_table(speed: dict, fidelity: dict) -> None:
     print(
         f"{'backend':<22}{'texts/s':>9}{'ratio':>7}{'cos mean':>10}{'cos min':>9}{'test acc':>10}"
+        f"{'torch->this':>12}{'this->torch':>12}"
     )
     for name, timing in speed.items():
         quality = fidelity.get(name, {})
@@ -142,6 +161,8 @@ def print_table(speed: dict, fidelity: dict) -> None:
             f"{quality.get('cosine_mean', float('nan')):>10.4f}"
             f"{quality.get('cosine_min', float('nan')):>9.4f}"
             f"{'' if accuracy is None else f'{accuracy:.4f}':>10}"
+            f"{quality.get('train_torch_serve_this', float('nan')):>12.4f}"
+            f"{quality.get('train_this_serve_torch', float('nan')):>12.4f}"
         )
 
 
@@ -166,7 +187,11 @@ def main() -> None:
     for name in names:
         try:
             encoders[name] = load_encoder(
-                args.model, max_seq_len=MAX_SEQ_LEN, backend=name, batch_size=BATCH_SIZE
+                args.model,
+                max_seq_len=MAX_SEQ_LEN,
+                backend=name,
+                batch_size=BATCH_SIZE,
+                fallback=False,  # a backend refused on this CPU is reported, not replaced
             )
         except EmbedderError as error:
             refused[name] = str(error)
@@ -182,7 +207,11 @@ def main() -> None:
         "batch_size": BATCH_SIZE,
         "max_seq_len": MAX_SEQ_LEN,
         "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+            "cpu_features": cpu_features(),
+        },
         "load_average_at_end": list(os.getloadavg()),
         "speed": speed,
         "fidelity": fidelity,

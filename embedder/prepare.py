@@ -81,7 +81,10 @@ def prepare(
         if not optimized_path(source).is_file():
             OnnxBackend(source, threads)
     with step(f"fidelity gate of {backend} on this CPU"):
-        verdict = gate_verdict(
+        stored = fidelity.read_verdict(
+            fidelity.verdict_path(directory, source.stem, runtime_name())
+        )
+        verdict = stored or gate_verdict(
             OnnxBackend(source, threads), source.stem, runtime_name(), directory, resolved.path
         )
     reason = fidelity.refusal(backend, resolved.model_id, verdict, pooling)
