@@ -15,6 +15,12 @@ Fidelity: cosine to the fp32 ONNX export (itself within 1e-4 of torch fp32) of t
 calibration texts (one batch, then one text at a time, worst of both) and of hate_speech
 test.csv. Speed: the same texts through fp32 and each recipe, round-robin, batch 32, median
 of --repeats, as a ratio to fp32 in the same run. Writes bench/results/int8_fidelity.json.
+
+`--gate-only` measures only the gate figures of recipe files already built (no torch, no
+building), for running under an emulator that presents another instruction set:
+
+    qemu-x86_64 -cpu Nehalem .venv/bin/python bench/int8_fidelity.py --gate-only \
+        --models sentence-transformers/all-MiniLM-L6-v2
 """
 
 import argparse
@@ -132,11 +138,48 @@ def measure_model(model: str, test_texts: list[str], repeats: int) -> dict:
     return rows
 
 
+def gate_only(model: str) -> dict:
+    """Gate figures of every built recipe of `model` on whatever CPU this process sees."""
+    resolved = resolve_model(model)
+    directory = model_directory(default_cache_dir(), resolved.weights_sha256)
+    tokenize = BatchTokenizer(resolved.path, 128)
+    calibration = [tokenize(list(CALIBRATION_TEXTS))]
+    single = [tokenize([text]) for text in CALIBRATION_TEXTS]
+    fp32 = OnnxBackend(directory / FP32_FILE, optimize=False)
+    reference = vectors(fp32, calibration), vectors(fp32, single)
+    rows = {}
+    for name in RECIPES:
+        backend = OnnxBackend(directory / "recipes" / f"{name}.onnx", optimize=False)
+        gate = np.concatenate(
+            [
+                cosine(vectors(backend, calibration), reference[0]),
+                cosine(vectors(backend, single), reference[1]),
+            ]
+        )
+        rows[name] = {
+            "gate_cosine_mean": round(float(gate.mean()), 4),
+            "gate_cosine_min": round(float(gate.min()), 4),
+        }
+        print(f"{model} {name}: {rows[name]}", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gate-only", action="store_true", help="gate figures of built recipes")
     arguments = parser.parse_args()
+    if arguments.gate_only:
+        # CPUID as numpy reads it: under an emulator /proc/cpuinfo still shows the host.
+        from numpy._core._multiarray_umath import __cpu_features__
+
+        features = [name for name, present in __cpu_features__.items() if present]
+        print(f"CPU features as this process sees them: {' '.join(features)}")
+        results = {model: gate_only(model) for model in arguments.models}
+        name = "int8_gate_" + ("-".join(features[-2:]) or "unknown")
+        print(f"wrote {write_result(name, {'cpu_features': features, 'results': results})}")
+        return 0
     with (DATASETS / "hate_speech" / "test.csv").open(newline="") as handle:
         test_texts = [row["text"] for row in csv.DictReader(handle)]
     results = {

@@ -41,7 +41,19 @@ def _length_groups(order: np.ndarray, lengths: list[int], size: int) -> list[np.
 class Encoder:
     """A frozen sentence encoder with fixed pooling, truncation and backend.
 
-    Build it with `load_encoder`; call `encode` for vectors.
+    Build it with `load_encoder`; call `encode` for vectors. Thread-safe: nothing it holds
+    changes after construction. What it serves, for logs and /health:
+
+    Attributes:
+        tokenizer: The model's `tokenizers.Tokenizer`, without truncation or padding; shared,
+            so never change its settings (build your own from tokenizer.json for that).
+        backend_name: The backend serving: torch, onnx or onnx-int8.
+        requested_backend: The backend configured; differs after a fallback.
+        fallback_reason: Why the configured backend is not serving, or None.
+        device: cpu or cuda.
+        precision: fp32, fp16 or int8.
+        fidelity: The gate's cosine figures for this pooling (None for the reference).
+
     """
 
     def __init__(
