@@ -36,6 +36,7 @@ import numpy as np
 from common import DATASETS, write_result
 
 from embedder.fidelity import CALIBRATION_TEXTS, cosine, cpu_features
+from embedder.files import write_atomically
 from embedder.onnx_backend import FP32_FILE, OnnxBackend, ensure_files, model_directory
 from embedder.onnx_int8 import INT8_FILE
 from embedder.resolve import default_cache_dir, resolve_model
@@ -84,7 +85,9 @@ def vectors(backend: OnnxBackend, batches: list[tuple[np.ndarray, np.ndarray]]) 
     return np.vstack([backend(ids, mask, "mean") for ids, mask in batches])
 
 
-def measure_model(model: str, test_texts: list[str], repeats: int, speed_texts: int) -> dict:
+def measure_model(
+    model: str, test_texts: list[str], repeats: int, speed_texts: int, recipes: list[str]
+) -> dict:
     resolved = resolve_model(model)
     directory = model_directory(default_cache_dir(), resolved.weights_sha256)
     ensure_files(resolved.path, directory, "onnx-int8")
@@ -100,11 +103,16 @@ def measure_model(model: str, test_texts: list[str], repeats: int, speed_texts: 
     calibration_batches = [tokenize(calibration)]
     single_batches = [tokenize([text]) for text in calibration]
     backends = {"fp32": OnnxBackend(directory / FP32_FILE, optimize=False)}
-    for name in RECIPES:
+    for name in recipes:
         target = scratch / f"{name}.onnx"
         if not target.is_file():
             print(f"{model}: building recipe {name}", flush=True)
-            build_recipe(name, directory, resolved.path, target)
+            write_atomically(
+                target,
+                lambda scratch_file, name=name: build_recipe(
+                    name, directory, resolved.path, scratch_file
+                ),
+            )
         backends[name] = OnnxBackend(target, optimize=False)
     reference = {
         "calibration": vectors(backends["fp32"], calibration_batches),
@@ -112,7 +120,7 @@ def measure_model(model: str, test_texts: list[str], repeats: int, speed_texts: 
         "test": vectors(backends["fp32"], test_batches),
     }
     rows: dict[str, dict] = {}
-    for name in RECIPES:
+    for name in recipes:
         gate = np.concatenate(
             [
                 cosine(vectors(backends[name], calibration_batches), reference["calibration"]),
@@ -134,7 +142,7 @@ def measure_model(model: str, test_texts: list[str], repeats: int, speed_texts: 
             vectors(backend, speed_batches)
             seconds[name].append(time.perf_counter() - started)
     base = statistics.median(seconds["fp32"])
-    for name in RECIPES:
+    for name in recipes:
         rows[name]["speed_vs_fp32"] = round(base / statistics.median(seconds[name]), 2)
     rows["fp32"] = {"seconds_median": round(base, 2)}
     return rows
@@ -151,6 +159,8 @@ def gate_only(model: str) -> dict:
     reference = vectors(fp32, calibration), vectors(fp32, single)
     rows = {}
     for name in RECIPES:
+        if not (directory / "recipes" / f"{name}.onnx").is_file():
+            continue
         backend = OnnxBackend(directory / "recipes" / f"{name}.onnx", optimize=False)
         gate = np.concatenate(
             [
@@ -172,6 +182,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--texts", type=int, default=None, help="test.csv texts for fidelity")
     parser.add_argument("--speed-texts", type=int, default=None, help="of those, timed")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--gate-only", action="store_true", help="gate figures of built recipes")
     arguments = parser.parse_args()
     if arguments.gate_only:
@@ -188,14 +199,16 @@ def main() -> int:
         test_texts = [row["text"] for row in csv.DictReader(handle)][: arguments.texts]
     speed_texts = arguments.speed_texts or len(test_texts)
     results = {
-        model: measure_model(model, test_texts, arguments.repeats, speed_texts)
+        model: measure_model(
+            model, test_texts, arguments.repeats, speed_texts, arguments.recipes.split(",")
+        )
         for model in arguments.models
     }
     print(f"\nCPU features: {' '.join(cpu_features())}")
     header = f"{'model':<18}{'recipe':<10}{'gate mean':>10}{'gate min':>10}"
     print(header + f"{'test mean':>10}{'test min':>10}{'speed':>7}")
     for model, rows in results.items():
-        for name in RECIPES:
+        for name in arguments.recipes.split(","):
             row = rows[name]
             print(
                 f"{model.split('/')[-1][:17]:<18}{name:<10}{row['gate_cosine_mean']:>10.4f}"

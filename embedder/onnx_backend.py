@@ -44,7 +44,7 @@ def runtime_name() -> str:
 VARIANTS = ("reference", "onnx", "onnx-int8")
 
 
-def ensure_files(model_path: Path, directory: Path, variant: str) -> Path:
+def ensure_files(model_path: Path, directory: Path, variant: str, at_install: bool = False) -> Path:
     """Build what `variant` needs if missing; return its file (ONNX model or reference).
 
     Every variant needs the fp32 reference vectors of the gate; `onnx` adds the export and
@@ -63,12 +63,15 @@ def ensure_files(model_path: Path, directory: Path, variant: str) -> Path:
         for path, title, build in steps:
             if path.is_file():
                 continue
-            logger.warning(
-                "%s missing for %s: building it now (python -m embedder.prepare does this "
-                "at install)",
-                title,
-                model_path,
-            )
+            if at_install:
+                logger.info("building %s for %s", title, model_path)
+            else:
+                logger.warning(
+                    "%s missing for %s: building it now (python -m embedder.prepare does this "
+                    "at install)",
+                    title,
+                    model_path,
+                )
             started = time.perf_counter()
             build(model_path, directory)
             logger.info("%s done in %.1f s", title, time.perf_counter() - started)

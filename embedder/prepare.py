@@ -66,16 +66,16 @@ def prepare(
     report(f"[prepare] model files: {resolved.path} ({resolved.source})")
     directory = model_directory(cache_dir, resolved.weights_sha256)
     with step("fp32 reference vectors of the fidelity gate"):
-        ensure_files(resolved.path, directory, "reference")
+        ensure_files(resolved.path, directory, "reference", at_install=True)
     summary: dict = {"model": model, "backend": backend, "directory": str(directory)}
     if backend == "torch":
         summary["serves"] = "torch"
         return summary
     with step("ONNX export (fp32)"):
-        ensure_files(resolved.path, directory, "onnx")
+        ensure_files(resolved.path, directory, "onnx", at_install=True)
     if backend == "onnx-int8":
         with step(f"int8 quantization ({INT8_FILE})"):
-            ensure_files(resolved.path, directory, "onnx-int8")
+            ensure_files(resolved.path, directory, "onnx-int8", at_install=True)
     source = directory / (INT8_FILE if backend == "onnx-int8" else FP32_FILE)
     with step("ONNX Runtime optimised graph for this CPU"):
         if not optimized_path(source).is_file():
