@@ -109,7 +109,7 @@ def accuracy(train: np.ndarray, train_labels, test: np.ndarray, test_labels) -> 
 
 
 def measure_fidelity(
-    encoders: dict[str, Encoder], redis_url: str | None, with_accuracy: bool
+    encoders: dict[str, Encoder], redis_url: str | None, with_accuracy: bool, train_texts: int
 ) -> dict[str, dict[str, float]]:
     """Cosine to torch fp32 on test.csv and, with accuracy, heads across backends.
 
@@ -118,7 +118,8 @@ def measure_fidelity(
     a head trained on one backend's vectors loses when served on the other's.
     """
     test_texts, test_labels = read_csv(DATASET / "test.csv")
-    train_texts, train_labels = read_csv(DATASET / "train.csv")
+    train_all, train_labels_all = read_csv(DATASET / "train.csv")
+    train_texts, train_labels = train_all[:train_texts], train_labels_all[:train_texts]
     reference = encoders["torch"].encode_raw(test_texts)
     reference_train = (
         torch_vectors(encoders["torch"], train_texts, redis_url) if with_accuracy else None
@@ -152,7 +153,9 @@ def print_table(speed: dict, fidelity: dict) -> None:
         f"{'backend':<22}{'texts/s':>9}{'ratio':>7}{'cos mean':>10}{'cos min':>9}{'test acc':>10}"
         f"{'torch->this':>12}{'this->torch':>12}"
     )
-    for name, timing in speed.items():
+    missing = {"texts_per_second": float("nan"), "ratio_to_sentence_transformers": float("nan")}
+    for name in speed or fidelity:
+        timing = speed.get(name, missing)
         quality = fidelity.get(name, {})
         accuracy = quality.get("test_accuracy")
         print(
@@ -173,6 +176,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--no-accuracy", action="store_true", help="skip the train.csv encodes")
+    parser.add_argument("--train-texts", type=int, default=None, help="first N of train.csv")
+    parser.add_argument("--no-speed", action="store_true", help="skip the throughput runs")
     parser.add_argument(
         "--redis-url",
         default="redis://127.0.0.1:6379/0",
@@ -198,12 +203,15 @@ def main() -> None:
             print(f"{name}: refused: {error}")
     texts = read_csv(DATASET / "all.csv")[0][: args.texts]
     model_path = encoders["torch"].resolved.path
-    speed = measure_speed(encoders, model_path, texts, args.repeats)
-    fidelity = measure_fidelity(encoders, args.redis_url or None, not args.no_accuracy)
+    speed = {} if args.no_speed else measure_speed(encoders, model_path, texts, args.repeats)
+    fidelity = measure_fidelity(
+        encoders, args.redis_url or None, not args.no_accuracy, args.train_texts or 10**9
+    )
     print_table(speed, fidelity)
     report = {
         "model": args.model,
-        "texts_timed": len(texts),
+        "texts_timed": 0 if args.no_speed else len(texts),
+        "train_texts": args.train_texts,
         "batch_size": BATCH_SIZE,
         "max_seq_len": MAX_SEQ_LEN,
         "repeats": args.repeats,
