@@ -24,20 +24,13 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 def _build_state(settings: Settings, metrics: Metrics) -> AppState:
     # EMBEDDER_THREADS reaches the backend through encoder_options (default: every core).
-    # A backend that fails the fidelity gate on this CPU is replaced by torch fp32; the
-    # encoder logs why and /health reports it.
+    # A backend that fails the fidelity gate on this CPU is replaced by torch fp32: the
+    # encoder logs a warning saying why, and /health reports it (fallback_reason).
     encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
-    if encoder.fallback_reason:
-        logger.warning(
-            "serving %s instead of %s: %s",
-            encoder.backend_name,
-            encoder.requested_backend,
-            encoder.fallback_reason,
-        )
     cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
     batcher = MicroBatcher(
         encoder.encode_raw,
-        max_batch_texts=max(settings.embedder_batch_size * 2, 64),
+        max_batch_texts=max(encoder.batch_size * 2, 64),  # the device's batch size
         max_wait_ms=settings.batch_wait_ms,
         max_queue_texts=settings.queue_max_texts,
     )
