@@ -124,14 +124,20 @@ def test_int8_recipe_v2_passes_the_gate_on_this_cpu(directory: Path) -> None:
 
 
 def test_unfaithful_backend_is_refused_and_torch_serves(
-    encoders: dict[str, Encoder], directory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    encoders: dict[str, Encoder],
+    directory: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     seeded = seeded_cache(directory, tmp_path, encoders["torch"].resolved.weights_sha256)
     # An unreachable floor stands in for a CPU on which the recipe is not faithful.
     monkeypatch.setattr(fidelity, "MIN_COSINE_FLOOR", 1.01)
     with pytest.raises(UnfaithfulBackendError, match="valid faithful choices on this CPU: torch"):
         load_encoder(MINILM, backend="onnx-int8", cache_dir=tmp_path, fallback=False)
-    served = load_encoder(MINILM, backend="onnx-int8", cache_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="embedder.backends"):
+        served = load_encoder(MINILM, backend="onnx-int8", cache_dir=tmp_path)
+    assert any("serving torch fp32 instead" in record.message for record in caplog.records)
     assert served.backend_name == "torch" and served.requested_backend == "onnx-int8"
     assert served.precision == "fp32" and "not faithful" in served.fallback_reason
     assert served.describe()["fallback_reason"] == served.fallback_reason
