@@ -192,7 +192,8 @@ def main() -> int:
         features = [name for name, present in __cpu_features__.items() if present]
         print(f"CPU features as this process sees them: {' '.join(features)}")
         results = {model: gate_only(model) for model in arguments.models}
-        name = "int8_gate_" + ("-".join(features[-2:]) or "unknown")
+        levels = [feature for feature in features if feature.startswith("X86_V")]
+        name = "int8_gate_" + (levels[-1].lower() if levels else "unknown")
         print(f"wrote {write_result(name, {'cpu_features': features, 'results': results})}")
         return 0
     with (DATASETS / "hate_speech" / "test.csv").open(newline="") as handle:
