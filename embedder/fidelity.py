@@ -199,8 +199,13 @@ def write_verdict(path: Path, candidate: str, runtime: str, scores: dict) -> dic
         },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda scratch: scratch.write_text(json.dumps(verdict, indent=2)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda scratch: scratch.write_text(json.dumps(verdict, indent=2)))
+    except OSError as error:
+        # A read-only model cache (a container image built on another CPU) still serves: the
+        # verdict holds for this process and is measured again at the next start.
+        logger.warning("fidelity verdict kept in memory only, %s is not writable: %s", path, error)
     return verdict
 
 

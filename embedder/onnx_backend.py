@@ -130,7 +130,15 @@ def make_session(
         )
     optimized = optimized_path(path)
     if not optimized.is_file():
-        save_optimized(path, optimized)
+        try:
+            save_optimized(path, optimized)
+        except OSError as error:
+            # A read-only model cache: optimise in memory at every start instead.
+            logger.warning("optimised graph not saved, %s is not writable: %s", optimized, error)
+            options.graph_optimization_level = level.ORT_ENABLE_ALL
+            return onnxruntime.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
     # Its fusions are done already; running the optimisers again only costs start-up time.
     options.graph_optimization_level = level.ORT_DISABLE_ALL
     return onnxruntime.InferenceSession(

@@ -346,3 +346,47 @@ def test_cuda_fp16_passes_the_gate_and_shares_the_space(
     assert gpu.fingerprint() == encoders["torch"].fingerprint()
     similarity = fidelity.cosine(gpu.encode(SENTENCES), encoders["torch"].encode(SENTENCES))
     assert similarity.min() >= fidelity.MIN_COSINE_FLOOR
+
+
+READ_ONLY_SERVE = """
+import sys
+from pathlib import Path
+from embedder import load_encoder
+encoder = load_encoder(sys.argv[1], backend="onnx-int8", cache_dir=Path(sys.argv[2]))
+vectors = encoder.encode(["a read-only model cache still serves"])
+print("SERVED=" + encoder.backend_name, vectors.shape)
+"""
+
+
+def test_a_read_only_model_cache_on_another_cpu_still_serves(
+    encoders: dict[str, Encoder], directory: Path, tmp_path: Path
+) -> None:
+    # A container image built on another CPU: the files are there, this CPU's verdict and
+    # optimised graph are not, and nothing under the cache may be written.
+    seeded = seeded_cache(directory, tmp_path, encoders["torch"].resolved.weights_sha256)
+    command = [sys.executable, "-c", READ_ONLY_SERVE, MINILM, str(tmp_path)]
+    if os.geteuid() == 0:
+        # Root writes through file modes: mount the cache read-only in a namespace instead.
+        if shutil.which("unshare") is None:
+            pytest.skip("running as root without unshare(1): cannot make the cache read-only")
+        mount = f"mount --bind {tmp_path} {tmp_path} && mount -o remount,ro,bind {tmp_path}"
+        command = ["unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh", *command]
+    else:
+        for path in [tmp_path, *tmp_path.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "elsewhere")},
+    )
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        path.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = encoders["onnx-int8"].backend_name
+    assert f"SERVED={expected}" in done.stdout
+    assert not (seeded / fidelity.VERDICTS_FOLDER).exists()
+    if expected == "onnx-int8":
+        assert "kept in memory only" in done.stderr
