@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -17,24 +16,28 @@ from api.middleware import ServiceMiddleware, configure_logging
 from api.routes import embed, heads, health, openai_compat, predict
 from bertheads.settings import Settings
 from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
-from embedder.batcher import MicroBatcher
+from embedder.batcher import MicroBatcher, worker_count
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _build_state(settings: Settings, metrics: Metrics) -> AppState:
-    if settings.embedder_threads:
-        # Default: torch's own choice (every core), measured best on a quiet machine; fewer
-        # threads help only where other processes compete for the cores.
-        torch.set_num_threads(settings.embedder_threads)
+    # EMBEDDER_THREADS reaches the backend through encoder_options (default: every core).
+    # A backend that fails the fidelity gate on this CPU is replaced by torch fp32: the
+    # encoder logs a warning saying why, and /health reports it (fallback_reason).
     encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
     cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
+    # Buckets cost a text's characters up to what truncation keeps (~8 per token at most).
+    longest = settings.embedder_max_seq_len * 8
     batcher = MicroBatcher(
         encoder.encode_raw,
-        max_batch_texts=max(settings.embedder_batch_size * 2, 64),
+        max_batch_texts=max(encoder.batch_size * 2, 64),  # the device's batch size
         max_wait_ms=settings.batch_wait_ms,
         max_queue_texts=settings.queue_max_texts,
+        max_bucket_texts=settings.embedder_batch_size,
+        length=lambda text: min(len(text), longest),
+        workers=worker_count(settings.embedder_threads),
     )
     batcher.on_batch = metrics.batch_size.observe
     service = EmbeddingService(encoder, cache, encode_raw=batcher.encode)

@@ -106,7 +106,12 @@ class HealthResponse(BaseModel):
     model: str
     dim: int
     fingerprint: str
-    backend: str
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(description="The backend serving.")
+    fallback_reason: str | None = Field(
+        description="Why the configured backend is not the one serving (it failed the "
+        "fidelity gate on this machine); null when it is."
+    )
+    device: Literal["cpu", "cuda"]
     cache: Literal["up", "down"]
     heads: list[str]
     default_head: str | None

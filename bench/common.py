@@ -5,6 +5,7 @@ server and Redis processes private and stops them on exit.
 """
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -24,6 +25,9 @@ import numpy as np
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
+# `python bench/x.py` puts bench/ first on the path; the project's packages must then come
+# from this checkout, not from wherever the venv's editable install points.
+sys.path.insert(1, str(REPO))
 DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "bench" / "results"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -106,6 +110,23 @@ def flush_private_redis(url: str) -> None:
     if url.rstrip("/").endswith("/0"):
         raise SystemExit("--redis-url: db 0 holds the shared warm cache; pick another db")
     redis.Redis.from_url(url).flushdb()
+
+
+def use_private_redis(arguments) -> "RedisServer | None":
+    """Flush `arguments.redis_url`, or start a private redis-server and point it there.
+
+    The private server is stopped when this process exits.
+    """
+    import atexit
+
+    if arguments.redis_url:
+        flush_private_redis(arguments.redis_url)
+        return None
+    server = RedisServer()
+    server.start()
+    atexit.register(server.kill)
+    arguments.redis_url = server.url
+    return server
 
 
 def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None = None) -> dict:
@@ -217,6 +238,162 @@ def print_table(rows: Sequence[tuple[str, object]]) -> None:
         print(f"{name:<{width}}  {shown}")
 
 
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15-minute load averages (other jobs share the cores)."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def command_line() -> str:
+    """This script's exact command, to print and to store beside its figures."""
+    return " ".join(["python", *sys.argv])
+
+
+class HttpError(Exception):
+    """A dropped connection or a response the raw client cannot read."""
+
+
+class RawHttpClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, one connection per client.
+
+    httpx spends about a millisecond of Python per request on its own; this client spends a
+    few tens of microseconds, so a latency measured on a 2-core machine is the server's.
+    It sends JSON bodies and reads Content-Length or chunked responses; nothing else.
+    """
+
+    def __init__(self, url: str, timeout: float = 60) -> None:
+        host_port = url.removeprefix("http://").rstrip("/")
+        self.host, _, port = host_port.partition(":")
+        self.port = int(port or 80)
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST `body` (JSON) to `path`; returns (status, response body)."""
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        return await asyncio.wait_for(self._exchange(request), self.timeout)
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        try:
+            self._writer.write(request)
+            head = await self._reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines[1:] if line)
+            }
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                body = await self._read_chunked()
+            else:
+                body = await self._reader.readexactly(int(headers.get("content-length", "0")))
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ) as error:
+            await self.close()
+            raise HttpError(f"{type(error).__name__}: {error}") from error
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, body
+
+    async def _read_chunked(self) -> bytes:
+        assert self._reader is not None
+        parts = []
+        while True:
+            size = int((await self._reader.readline()).split(b";")[0].strip(), 16)
+            if size == 0:
+                await self._reader.readline()
+                return b"".join(parts)
+            parts.append(await self._reader.readexactly(size))
+            await self._reader.readline()
+
+    async def close(self) -> None:
+        """Close the connection (the next request opens a new one)."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+
+def fast_event_loop() -> None:
+    """Use uvloop for the load generator when it is installed (less client overhead)."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+CANNED_SERVER = """
+import asyncio, sys
+body = b"x" * int(sys.argv[2])
+head = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n"
+response = head % len(body) + body
+
+class Canned(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data):
+        self.buffer += data
+        while b"\\r\\n\\r\\n" in self.buffer:
+            head_end = self.buffer.index(b"\\r\\n\\r\\n") + 4
+            length = 0
+            for line in self.buffer[:head_end].split(b"\\r\\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if len(self.buffer) < head_end + length:
+                return
+            self.buffer = self.buffer[head_end + length :]
+            self.transport.write(response)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Canned, "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def client_floor(body_bytes: int, requests: int = 400, client: str = "raw") -> dict:
+    """p50/p99 (ms) of the load generator against a server that answers at once.
+
+    The server is a bare asyncio protocol in its own process returning `body_bytes` of
+    canned JSON-sized body: what is left is the client and the loopback, the part of a
+    measured latency that is not the server under test.
+    """
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", CANNED_SERVER, str(port), str(body_bytes)], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        result = asyncio.run(
+            run_load(
+                f"http://127.0.0.1:{port}",
+                lambda index: ("/embed", {"texts": ["canned"]}),
+                total=requests,
+                concurrency=1,
+                client=client,
+            )
+        )
+    finally:
+        stop_process(process)
+    latency = percentiles(result.latencies[requests // 10 :])
+    return {key + "_ms": round(value * 1000, 3) for key, value in latency.items()}
+
+
 class LoadResult:
     """What `run_load` saw: per-request latencies (s), failures, wall time."""
 
@@ -239,22 +416,34 @@ async def run_load(
     concurrency: int,
     max_seconds: float | None = None,
     timeout: float = 60,
+    client: str = "httpx",
     result: LoadResult | None = None,
 ) -> LoadResult:
     """POST `total` requests from `concurrency` clients (stopping early after `max_seconds`).
 
     `make_request(i)` gives the i-th request's path and JSON body. Anything but a 200,
-    including a timeout or a dropped connection, counts as a failure. Pass `result` to
-    watch the counts grow while the load runs (to act at a point of its progress).
+    including a timeout or a dropped connection, counts as a failure. `client` is "httpx"
+    (one shared `httpx.AsyncClient`) or "raw" (`RawHttpClient`, one connection per client
+    loop, bodies serialised before the clock starts). Pass `result` to watch the counts
+    grow while the load runs (to act at a point of its progress).
     """
     result = result if result is not None else LoadResult()
     counter = iter(range(total))
     started = time.perf_counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    def note(path: str, sent: float, ok: bool, reason: str) -> None:
+        if ok:
+            result.latencies.append(time.perf_counter() - sent)
+            result.by_path[path] = result.by_path.get(path, 0) + 1
+        else:
+            result.failures.append(reason)
+
+    def out_of_time() -> bool:
+        return max_seconds is not None and time.perf_counter() - started > max_seconds
+
+    async def httpx_loop(client: httpx.AsyncClient) -> None:
         for index in counter:
-            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            if out_of_time():
                 return
             path, body = make_request(index)
             sent = time.perf_counter()
@@ -264,13 +453,31 @@ async def run_load(
                 reason = f"{path} {response.status_code} {response.text[:200]}"
             except httpx.HTTPError as error:
                 ok, reason = False, f"{path} {type(error).__name__}: {error}"
-            if ok:
-                result.latencies.append(time.perf_counter() - sent)
-                result.by_path[path] = result.by_path.get(path, 0) + 1
-            else:
-                result.failures.append(reason)
+            note(path, sent, ok, reason)
 
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    async def raw_loop() -> None:
+        connection = RawHttpClient(url, timeout)
+        try:
+            for index in counter:
+                if out_of_time():
+                    return
+                path, body = make_request(index)
+                payload = json.dumps(body).encode()
+                sent = time.perf_counter()
+                try:
+                    status, answer = await connection.post(path, payload)
+                    ok, reason = status == 200, f"{path} {status} {answer[:200]!r}"
+                except (HttpError, TimeoutError) as error:
+                    ok, reason = False, f"{path} {type(error).__name__}: {error}"
+                note(path, sent, ok, reason)
+        finally:
+            await connection.close()
+
+    if client == "raw":
+        await asyncio.gather(*(raw_loop() for _ in range(concurrency)))
+    else:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as shared:
+            await asyncio.gather(*(httpx_loop(shared) for _ in range(concurrency)))
     result.seconds = time.perf_counter() - started
     return result

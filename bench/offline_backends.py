@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from embedder import EmbedderError, cache_key, connect, load_encoder
 from embedder.backends import BACKENDS
 from embedder.encoder import Encoder
+from embedder.fidelity import cpu_features
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO.parent / "shared" / "datasets" / "hate_speech"
@@ -102,38 +103,59 @@ def measure_speed(
     }
 
 
+def accuracy(train: np.ndarray, train_labels, test: np.ndarray, test_labels) -> float:
+    head = LogisticRegression(max_iter=2000).fit(train, train_labels)
+    return float((head.predict(test) == test_labels).mean())
+
+
 def measure_fidelity(
-    encoders: dict[str, Encoder], redis_url: str | None, with_accuracy: bool
+    encoders: dict[str, Encoder], redis_url: str | None, with_accuracy: bool, train_texts: int
 ) -> dict[str, dict[str, float]]:
+    """Cosine to torch fp32 on test.csv and, with accuracy, heads across backends.
+
+    For each backend B: a logreg head trained on train.csv vectors of one backend and scored
+    on test.csv vectors of another, in all four pairings of torch and B. The deltas are what
+    a head trained on one backend's vectors loses when served on the other's.
+    """
     test_texts, test_labels = read_csv(DATASET / "test.csv")
-    train_texts, train_labels = read_csv(DATASET / "train.csv")
+    train_all, train_labels_all = read_csv(DATASET / "train.csv")
+    train_texts, train_labels = train_all[:train_texts], train_labels_all[:train_texts]
     reference = encoders["torch"].encode_raw(test_texts)
+    reference_train = (
+        torch_vectors(encoders["torch"], train_texts, redis_url) if with_accuracy else None
+    )
+    base = accuracy(reference_train, train_labels, reference, test_labels) if with_accuracy else 0
     results = {}
     for name, encoder in encoders.items():
         test = reference if name == "torch" else encoder.encode_raw(test_texts, progress=True)
         similarity = cosine(test, reference)
         row = {"cosine_mean": float(similarity.mean()), "cosine_min": float(similarity.min())}
         if with_accuracy:
-            if name == "torch":
-                train = torch_vectors(encoder, train_texts, redis_url)
-            else:
-                train = encoder.encode_raw(train_texts, progress=True)
-            head = LogisticRegression(max_iter=2000).fit(train, train_labels)
-            row["test_accuracy"] = float((head.predict(test) == test_labels).mean())
-        results[name] = row
-    if with_accuracy:
-        for row in results.values():
-            row["accuracy_drop_points"] = 100 * (
-                results["torch"]["test_accuracy"] - row["test_accuracy"]
+            train = (
+                reference_train
+                if name == "torch"
+                else encoder.encode_raw(train_texts, progress=True)
             )
+            row["test_accuracy"] = accuracy(train, train_labels, test, test_labels)
+            row["train_torch_serve_this"] = accuracy(
+                reference_train, train_labels, test, test_labels
+            )
+            row["train_this_serve_torch"] = accuracy(train, train_labels, reference, test_labels)
+            row["torch_to_torch_accuracy"] = base
+            for key in ("test_accuracy", "train_torch_serve_this", "train_this_serve_torch"):
+                row[f"{key}_delta_points"] = round(100 * (row[key] - base), 2)
+        results[name] = row
     return results
 
 
 def print_table(speed: dict, fidelity: dict) -> None:
     print(
         f"{'backend':<22}{'texts/s':>9}{'ratio':>7}{'cos mean':>10}{'cos min':>9}{'test acc':>10}"
+        f"{'torch->this':>12}{'this->torch':>12}"
     )
-    for name, timing in speed.items():
+    missing = {"texts_per_second": float("nan"), "ratio_to_sentence_transformers": float("nan")}
+    for name in speed or fidelity:
+        timing = speed.get(name, missing)
         quality = fidelity.get(name, {})
         accuracy = quality.get("test_accuracy")
         print(
@@ -142,6 +164,8 @@ def print_table(speed: dict, fidelity: dict) -> None:
             f"{quality.get('cosine_mean', float('nan')):>10.4f}"
             f"{quality.get('cosine_min', float('nan')):>9.4f}"
             f"{'' if accuracy is None else f'{accuracy:.4f}':>10}"
+            f"{quality.get('train_torch_serve_this', float('nan')):>12.4f}"
+            f"{quality.get('train_this_serve_torch', float('nan')):>12.4f}"
         )
 
 
@@ -152,6 +176,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--no-accuracy", action="store_true", help="skip the train.csv encodes")
+    parser.add_argument("--train-texts", type=int, default=None, help="first N of train.csv")
+    parser.add_argument("--no-speed", action="store_true", help="skip the throughput runs")
     parser.add_argument(
         "--redis-url",
         default="redis://127.0.0.1:6379/0",
@@ -166,23 +192,34 @@ def main() -> None:
     for name in names:
         try:
             encoders[name] = load_encoder(
-                args.model, max_seq_len=MAX_SEQ_LEN, backend=name, batch_size=BATCH_SIZE
+                args.model,
+                max_seq_len=MAX_SEQ_LEN,
+                backend=name,
+                batch_size=BATCH_SIZE,
+                fallback=False,  # a backend refused on this CPU is reported, not replaced
             )
         except EmbedderError as error:
             refused[name] = str(error)
             print(f"{name}: refused: {error}")
     texts = read_csv(DATASET / "all.csv")[0][: args.texts]
     model_path = encoders["torch"].resolved.path
-    speed = measure_speed(encoders, model_path, texts, args.repeats)
-    fidelity = measure_fidelity(encoders, args.redis_url or None, not args.no_accuracy)
+    speed = {} if args.no_speed else measure_speed(encoders, model_path, texts, args.repeats)
+    fidelity = measure_fidelity(
+        encoders, args.redis_url or None, not args.no_accuracy, args.train_texts or 10**9
+    )
     print_table(speed, fidelity)
     report = {
         "model": args.model,
-        "texts_timed": len(texts),
+        "texts_timed": 0 if args.no_speed else len(texts),
+        "train_texts": args.train_texts,
         "batch_size": BATCH_SIZE,
         "max_seq_len": MAX_SEQ_LEN,
         "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+            "cpu_features": cpu_features(),
+        },
         "load_average_at_end": list(os.getloadavg()),
         "speed": speed,
         "fidelity": fidelity,

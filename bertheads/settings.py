@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     embedder_normalize: bool = False
     # onnx-int8 serves where it passes the fidelity gate on this CPU; otherwise the
     # service falls back to torch and says why (log and /health).
-    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     embedder_device: Literal["auto", "cpu", "cuda"] = "auto"
     embedder_batch_size: int = Field(32, ge=1, le=4096)
     embedder_threads: int | None = Field(None, ge=1, le=256)
@@ -81,7 +81,12 @@ class Settings(BaseSettings):
             "max_seq_len": self.embedder_max_seq_len,
             "normalize": self.embedder_normalize,
             "backend": self.embedder_backend,
-            "batch_size": self.embedder_batch_size,
+            "device": self.embedder_device,
+            # Unset: the encoder picks one for its device (32 on CPU, more on a GPU).
+            "batch_size": (
+                self.embedder_batch_size if "embedder_batch_size" in self.model_fields_set else None
+            ),
+            "threads": self.embedder_threads,
             "cache_dir": self.embedder_cache_dir,
         }
 

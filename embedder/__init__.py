@@ -8,6 +8,7 @@ from embedder.errors import (
     ModelIntegrityError,
     ModelNotFoundError,
     QueueFullError,
+    UnfaithfulBackendError,
 )
 from embedder.service import EmbeddingService, EmbedResult
 
@@ -21,6 +22,7 @@ __all__ = [
     "ModelIntegrityError",
     "ModelNotFoundError",
     "QueueFullError",
+    "UnfaithfulBackendError",
     "cache_key",
     "connect",
     "load_encoder",

@@ -1,34 +1,20 @@
 """The frozen encoder: texts in, float32 vectors (n, dim) out."""
 
-import copy
 import hashlib
-import json
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from embedder.backends import BACKENDS, load_backend
+from embedder.backends import BACKENDS, DEVICES, default_batch_size, load_backend
 from embedder.errors import InvalidConfigError
-from embedder.pooling import POOLINGS, l2_normalize, pool
+from embedder.pooling import POOLINGS, l2_normalize
 from embedder.resolve import ResolvedModel, default_cache_dir, resolve_model
+from embedder.tokenization import BatchTokenizer, load_plain_tokenizer, model_max_length
 
 logger = logging.getLogger(__name__)
-
-
-def _model_max_length(path: Path, tokenizer_limit: int) -> int:
-    """The longest input the model accepts: its own sentence-transformers limit if it has one."""
-    limits = [tokenizer_limit] if 0 < tokenizer_limit < 100_000 else []
-    config = path / "sentence_bert_config.json"
-    if config.is_file():
-        limit = json.loads(config.read_text()).get("max_seq_length")
-        if limit:
-            limits.append(int(limit))
-    return min(limits) if limits else 512
 
 
 # A batch is cut when the next text is shorter than this share of the batch's longest: a
@@ -55,7 +41,19 @@ def _length_groups(order: np.ndarray, lengths: list[int], size: int) -> list[np.
 class Encoder:
     """A frozen sentence encoder with fixed pooling, truncation and backend.
 
-    Build it with `load_encoder`; call `encode` for vectors.
+    Build it with `load_encoder`; call `encode` for vectors. Thread-safe: nothing it holds
+    changes after construction. What it serves, for logs and /health:
+
+    Attributes:
+        tokenizer: The model's `tokenizers.Tokenizer`, without truncation or padding; shared,
+            so never change its settings (build your own from tokenizer.json for that).
+        backend_name: The backend serving: torch, onnx or onnx-int8.
+        requested_backend: The backend configured; differs after a fallback.
+        fallback_reason: Why the configured backend is not serving, or None.
+        device: cpu or cuda.
+        precision: fp32, fp16 or int8.
+        fidelity: The gate's cosine figures for this pooling (None for the reference).
+
     """
 
     def __init__(
@@ -66,11 +64,12 @@ class Encoder:
         max_seq_len: int = 128,
         normalize: bool = False,
         backend: str = "torch",
-        batch_size: int = 32,
+        device: str = "cpu",
+        batch_size: int | None = 32,
+        threads: int | None = None,
         cache_dir: Path | None = None,
+        fallback: bool = True,
     ) -> None:
-        from transformers import AutoTokenizer
-
         if pooling not in POOLINGS:
             raise InvalidConfigError(
                 f"EMBEDDER_POOLING={pooling!r} is not valid; valid choices: {', '.join(POOLINGS)}"
@@ -79,28 +78,43 @@ class Encoder:
             raise InvalidConfigError(
                 f"EMBEDDER_BACKEND={backend!r} is not valid; valid choices: {', '.join(BACKENDS)}"
             )
+        if device not in DEVICES:
+            raise InvalidConfigError(
+                f"EMBEDDER_DEVICE={device!r} is not valid; valid choices: {', '.join(DEVICES)}"
+            )
         self.resolved = resolved
-        self.tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
-        # A fast tokenizer keeps its padding/truncation settings as shared state, so two
-        # threads calling it with different settings corrupt each other's batches. Request
-        # threads count lengths on their own copy; each copy has a lock.
-        self._length_tokenizer = copy.deepcopy(self.tokenizer)
-        self._encode_lock = threading.Lock()
-        self._length_lock = threading.Lock()
-        self.model_max_seq_len = _model_max_length(resolved.path, self.tokenizer.model_max_length)
+        # The plain Rust tokenizer (no truncation, no padding), shared with callers that
+        # split long texts; nothing changes its settings, so threads may use it at once.
+        self.tokenizer = load_plain_tokenizer(resolved.path)
+        self.model_max_seq_len = model_max_length(resolved.path)
         if not 2 <= max_seq_len <= self.model_max_seq_len:
             raise InvalidConfigError(
                 f"EMBEDDER_MAX_SEQ_LEN={max_seq_len} is out of range: this model accepts "
                 f"2 to {self.model_max_seq_len} tokens"
             )
+        self._batch_tokenizer = BatchTokenizer(resolved.path, max_seq_len)
         self.pooling = pooling
         self.max_seq_len = max_seq_len
         self.normalize = normalize
-        self.backend_name = backend
-        self.batch_size = batch_size
-        self.backend = load_backend(
-            backend, resolved.path, resolved.weights_sha256, cache_dir or default_cache_dir()
+        loaded = load_backend(
+            backend,
+            model_path=resolved.path,
+            model_id=resolved.model_id,
+            weights_sha256=resolved.weights_sha256,
+            cache_dir=cache_dir or default_cache_dir(),
+            pooling=pooling,
+            device=device,
+            threads=threads,
+            fallback=fallback,
         )
+        self.backend = loaded.run
+        self.backend_name = loaded.name  # the backend serving, after any fallback
+        self.requested_backend = loaded.requested
+        self.fallback_reason = loaded.fallback_reason
+        self.device = loaded.device
+        self.precision = loaded.precision
+        self.fidelity = loaded.fidelity
+        self.batch_size = batch_size or default_batch_size(self.device)
         self.dim = int(self._encode_batch(["dimension probe"]).shape[1])
 
     @property
@@ -139,15 +153,18 @@ class Encoder:
             "max_seq_len": self.max_seq_len,
             "normalize": self.normalize,
             "backend": self.backend_name,
+            "requested_backend": self.requested_backend,
+            "fallback_reason": self.fallback_reason,
+            "device": self.device,
+            "precision": self.precision,
             "dim": self.dim,
             "fingerprint": self.fingerprint(),
         }
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text before truncation, special tokens included."""
-        with self._length_lock:
-            encoded = self._length_tokenizer(list(texts), add_special_tokens=True, truncation=False)
-        return np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64)
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return np.fromiter((len(item.ids) for item in encodings), dtype=np.int64, count=len(texts))
 
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many of `texts` are longer than `max_seq_len` tokens."""
@@ -156,19 +173,8 @@ class Encoder:
         return int((self.token_lengths(texts) > self.max_seq_len).sum())
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        with self._encode_lock:
-            batch = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_len,
-                return_tensors="np",
-            )
-        ids = batch["input_ids"].astype(np.int64)
-        mask = batch["attention_mask"].astype(np.int64)
-        tokens = self.backend(ids, mask)
-        vectors = pool(tokens, torch.from_numpy(mask).to(tokens.device), self.pooling)
-        return vectors.float().cpu().numpy()
+        ids, mask = self._batch_tokenizer(texts)
+        return self.backend(ids, mask, self.pooling)
 
     def encode_raw(
         self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
@@ -220,10 +226,29 @@ def load_encoder(
     max_seq_len: int = 128,
     normalize: bool = False,
     backend: str = "torch",
-    batch_size: int = 32,
-    cache_dir: Path | None = None,
+    device: str = "cpu",
+    batch_size: int | None = 32,
+    threads: int | None = None,
+    cache_dir: Path | str | None = None,
+    fallback: bool = True,
 ) -> Encoder:
-    """Resolve `model` (local dir, carrying package, or hub) and build its encoder."""
+    """Resolve `model` (local dir, carrying package, or hub) and build its encoder.
+
+    Args:
+        model: A local directory or a sentence-transformers / Hugging Face model id.
+        pooling: One of mean, cls, max.
+        max_seq_len: Texts are cut to this many tokens.
+        normalize: L2-normalise vectors by default.
+        backend: torch, onnx or onnx-int8; any but CPU torch must pass the fidelity gate.
+        device: auto, cpu or cuda (see `embedder.backends`).
+        batch_size: Texts per forward pass; None: chosen for the device.
+        threads: CPU threads of the backend; default: every core.
+        cache_dir: Where reassembled models, exports and verdicts are kept.
+        fallback: Serve torch fp32 when `backend` fails the gate (else raise
+            `UnfaithfulBackendError`); `fallback_reason` then says why.
+
+    """
+    cache_dir = Path(cache_dir) if cache_dir else None
     resolved = resolve_model(model, cache_dir)
     logger.info("model %s from %s (%s)", resolved.model_id, resolved.source, resolved.path)
     return Encoder(
@@ -232,6 +257,9 @@ def load_encoder(
         max_seq_len=max_seq_len,
         normalize=normalize,
         backend=backend,
+        device=device,
         batch_size=batch_size,
+        threads=threads,
         cache_dir=cache_dir,
+        fallback=fallback,
     )

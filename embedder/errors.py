@@ -17,6 +17,10 @@ class InvalidConfigError(EmbedderError):
     """An encoder option is outside its allowed values."""
 
 
+class UnfaithfulBackendError(InvalidConfigError):
+    """A backend's vectors stray from fp32 on this machine: it is refused, never served."""
+
+
 class QueueFullError(EmbedderError):
     """The encode queue is full; the caller should retry later."""
 

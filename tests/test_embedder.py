@@ -165,3 +165,70 @@ def test_counting_lengths_while_encoding_is_thread_safe(minilm):
         stop.set()
         counter.join()
     assert failures == []
+
+
+TOKENIZER_TEXTS = [
+    "Hello, World!",
+    "naïve café déjà vu — ünïcödé",
+    "lol that's the dumbest thing i've read all day!!! :)",
+    "",
+    "word " * 300,
+]
+
+
+def assert_same_tokens_as_transformers(model: str, max_seq_len: int) -> None:
+    from transformers import AutoTokenizer
+
+    from embedder.resolve import resolve_model
+    from embedder.tokenization import BatchTokenizer
+
+    path = resolve_model(model).path
+    expected = AutoTokenizer.from_pretrained(str(path))(
+        TOKENIZER_TEXTS, padding=True, truncation=True, max_length=max_seq_len, return_tensors="np"
+    )
+    ids, mask = BatchTokenizer(path, max_seq_len)(TOKENIZER_TEXTS)
+    np.testing.assert_array_equal(ids, expected["input_ids"])
+    np.testing.assert_array_equal(mask, expected["attention_mask"])
+
+
+@pytest.mark.parametrize("max_seq_len", [8, 128, 256])
+def test_rust_tokenizer_gives_the_ids_transformers_gives(max_seq_len):
+    assert_same_tokens_as_transformers(MINILM, max_seq_len)
+
+
+@pytest.mark.slow
+def test_rust_tokenizer_matches_transformers_on_the_default_model():
+    assert_same_tokens_as_transformers("sentence-transformers/all-mpnet-base-v2", 128)
+
+
+def test_exposed_tokenizer_neither_truncates_nor_pads(minilm):
+    from tokenizers import Tokenizer
+
+    assert isinstance(minilm.tokenizer, Tokenizer)
+    assert minilm.tokenizer.truncation is None and minilm.tokenizer.padding is None
+    long_text = "word " * 400
+    assert len(minilm.tokenizer.encode(long_text).ids) == 402
+    assert minilm.token_lengths([long_text, "two words"]).tolist() == [402, 4]
+    assert minilm.count_truncated([long_text, "two words"]) == 1
+
+
+def test_unknown_backend_or_device_lists_valid_choices():
+    with pytest.raises(InvalidConfigError, match="torch, onnx, onnx-int8"):
+        load_encoder(MINILM, backend="tensorrt")
+    with pytest.raises(InvalidConfigError, match="auto, cpu, cuda"):
+        load_encoder(MINILM, device="tpu")
+
+
+def test_settings_default_to_int8_and_pass_device_threads_and_batch_size():
+    from bertheads.settings import Settings
+
+    settings = Settings()
+    options = settings.encoder_options()
+    assert settings.embedder_backend == "onnx-int8"
+    assert options["backend"] == "onnx-int8" and options["device"] == settings.embedder_device
+    assert options["batch_size"] is None  # unset: chosen for the device
+    assert options["threads"] == settings.embedder_threads
+    assert (
+        Settings(embedder_batch_size=64, embedder_threads=2).encoder_options()["batch_size"] == 64
+    )
+    assert load_encoder(MINILM, batch_size=None).batch_size == 32  # CPU default

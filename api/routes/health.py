@@ -23,6 +23,8 @@ async def health(state: StateDep) -> dict:
         "dim": state.encoder.dim,
         "fingerprint": state.encoder.fingerprint(),
         "backend": state.encoder.backend_name,
+        "fallback_reason": state.encoder.fallback_reason,
+        "device": state.encoder.device,
         "cache": "up" if cache_up else "down",
         "heads": heads,
         "default_head": default,
