@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from api.deps import AppState, log_write_access
-from api.errors import install_error_handlers
+from api.errors import NotFoundError, install_error_handlers
 from api.metrics import Metrics
 from api.middleware import ServiceMiddleware, configure_logging
 from api.routes import embed, heads, health, openai_compat, predict
@@ -90,6 +90,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    # The page's scripts and styles, served by the app itself so the page works offline;
+    # only the files that ship in api/static, never a path built from the request.
+    assets = {path.name: path for path in STATIC.iterdir() if path.suffix in {".js", ".css"}}
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str) -> FileResponse:
+        if name not in assets:
+            raise NotFoundError(f"static: no file named {name!r}", "name")
+        return FileResponse(assets[name])
 
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

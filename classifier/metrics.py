@@ -17,10 +17,13 @@ from sklearn.metrics import (
     precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
+    roc_curve,
 )
 
 from classifier.decisions import decide
 from classifier.tasks import TaskSpec
+
+CURVE_POINTS = 60  # per curve in metrics["curves"]: enough to draw, small enough to serve
 
 
 def tune_thresholds(targets: np.ndarray, probabilities: np.ndarray) -> list[float]:
@@ -52,13 +55,51 @@ def _score(function: Any, *args: Any, **kwargs: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _thin(x: np.ndarray, y: np.ndarray, limit: int) -> dict[str, list[float]]:
+    """At most `limit` points of a curve, spread evenly along its length, ends kept."""
+    if len(x) > limit:
+        length = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+        wanted = np.linspace(0.0, length[-1], limit)
+        keep = np.unique(np.minimum(np.searchsorted(length, wanted), len(x) - 1))
+        keep[0], keep[-1] = 0, len(x) - 1
+        x, y = x[keep], y[keep]
+    return {"x": [round(float(v), 4) for v in x], "y": [round(float(v), 4) for v in y]}
+
+
+def curves(
+    spec: TaskSpec, targets: np.ndarray, probabilities: np.ndarray, limit: int = CURVE_POINTS
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """ROC (x: false positive rate) and PR (x: recall) points per label, <= `limit` each.
+
+    Binary: the positive class; multi-class: each class against the rest; multi-label: each
+    label. Labels with one class only among the rows have no curve.
+    """
+    names = [str(label) for label in spec.labels]
+    if spec.multilabel:
+        columns = [(name, targets[:, i], i) for i, name in enumerate(names)]
+    elif spec.task == "binary":
+        columns = [(names[1], targets == 1, 1)]
+    else:
+        columns = [(name, targets == i, i) for i, name in enumerate(names)]
+    drawn: dict[str, dict[str, dict[str, list[float]]]] = {"roc": {}, "pr": {}}
+    for name, truth, column in columns:
+        truth = np.asarray(truth, dtype=np.int64)
+        if truth.min() == truth.max():
+            continue
+        false_positive, true_positive, _ = roc_curve(truth, probabilities[:, column])
+        drawn["roc"][name] = _thin(false_positive, true_positive, limit)
+        precision, recall, _ = precision_recall_curve(truth, probabilities[:, column])
+        drawn["pr"][name] = _thin(recall[::-1], precision[::-1], limit)
+    return drawn
+
+
 def evaluate(
     spec: TaskSpec,
     targets: np.ndarray,
     probabilities: np.ndarray,
     thresholds: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, F1s, ROC-AUC, PR-AUC, per-class scores and the confusion matrix.
+    """Accuracy, F1s, ROC-AUC, PR-AUC, per-class scores, confusion matrix and curves.
 
     Multi-label: accuracy is exact-match, ROC-AUC and PR-AUC are macro over labels that
     have both classes among the rows; predictions use `thresholds`.
@@ -126,4 +167,5 @@ def evaluate(
         ).tolist()
     metrics["labels"] = names
     metrics["per_class"] = per_class
+    metrics["curves"] = curves(spec, targets, probabilities)
     return metrics
