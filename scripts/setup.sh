@@ -34,6 +34,11 @@ install() {
   # fidelity verdict), so the first `serve` opens them in a second instead of building.
   echo "== preparing the model files (python -m embedder.prepare)"
   "$VENV/bin/python" -m embedder.prepare
+  # And the demo head, so the first `serve` loads it instead of training it in the background.
+  if [ "${DEMO_HEAD_ON_START:-true}" != false ]; then
+    echo "== training the demo head (python -m api.demo)"
+    "$VENV/bin/python" -m api.demo || echo "== no demo head now: the server trains it at first start"
+  fi
   echo "$want" > "$stamp"
 }
 
