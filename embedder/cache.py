@@ -13,6 +13,8 @@ logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "bertheads:emb"
 RETRY_SECONDS = 1.0
+# Keys per MGET / pipeline: one huge request would block Redis for every other client.
+CHUNK_KEYS = 1000
 
 
 def cache_key(fingerprint: str, text: str) -> str:
@@ -78,11 +80,14 @@ class EmbeddingCache:
         return True
 
     def get_many(self, fingerprint: str, texts: Sequence[str], dim: int) -> list[np.ndarray | None]:
-        """One MGET; a missing, malformed or unreachable entry comes back as None."""
+        """MGETs of at most CHUNK_KEYS keys; a missing, malformed or unreachable entry is None."""
         if not texts or not self._usable():
             return [None] * len(texts)
+        keys = [cache_key(fingerprint, text) for text in texts]
         try:
-            values = self.client.mget([cache_key(fingerprint, text) for text in texts])
+            values: list[bytes | None] = []
+            for start in range(0, len(keys), CHUNK_KEYS):
+                values.extend(self.client.mget(keys[start : start + CHUNK_KEYS]))
         except redis.RedisError as error:
             self._failed(error)
             return [None] * len(texts)
@@ -97,16 +102,36 @@ class EmbeddingCache:
         self.misses += len(texts) - hits
         return found
 
+    def exists_many(self, fingerprint: str, texts: Sequence[str]) -> np.ndarray:
+        """Which texts have an entry (bool per text), by pipelined EXISTS; no values move.
+
+        Raises redis.RedisError when Redis cannot answer: a bulk job must know, not guess.
+        """
+        found = np.zeros(len(texts), dtype=bool)
+        for start in range(0, len(texts), CHUNK_KEYS):
+            chunk = texts[start : start + CHUNK_KEYS]
+            pipe = self.client.pipeline(transaction=False)
+            for text in chunk:
+                pipe.exists(cache_key(fingerprint, text))
+            found[start : start + len(chunk)] = [bool(count) for count in pipe.execute()]
+        self._succeeded()
+        return found
+
     def set_many(self, fingerprint: str, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """Write all vectors in one pipeline; failures are swallowed (the cache is optional)."""
+        """Write all vectors in pipelines of CHUNK_KEYS; failures are swallowed (the cache is optional)."""
         if not texts or not self._usable():
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for text, vector in zip(texts, vectors, strict=True):
-                payload = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-                pipe.set(cache_key(fingerprint, text), payload, ex=self.ttl_seconds)
-            pipe.execute()
+            for start in range(0, len(texts), CHUNK_KEYS):
+                pipe = self.client.pipeline(transaction=False)
+                for text, vector in zip(
+                    texts[start : start + CHUNK_KEYS],
+                    vectors[start : start + CHUNK_KEYS],
+                    strict=True,
+                ):
+                    payload = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+                    pipe.set(cache_key(fingerprint, text), payload, ex=self.ttl_seconds)
+                pipe.execute()
         except redis.RedisError as error:
             self._failed(error)
             return

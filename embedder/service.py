@@ -95,6 +95,15 @@ class EmbeddingService:
         truncated = self.encoder.count_truncated(texts) if count_truncated else 0
         return EmbedResult(vectors=vectors, cached=cached, truncated=truncated)
 
+    def cached_mask(self, texts: Sequence[str]) -> np.ndarray:
+        """Which texts `embed` would serve from the cache alone (bool per text).
+
+        Raises redis.RedisError when the cache cannot answer; without a cache nothing is cached.
+        """
+        if self.cache is None:
+            return np.zeros(len(texts), dtype=bool)
+        return self.cache.exists_many(self.encoder.fingerprint(normalize=False), list(texts))
+
     def _encode_and_store(
         self, missing: list[str], raw_space: str, progress: bool
     ) -> dict[str, np.ndarray]:
