@@ -63,6 +63,8 @@ from classifier.errors import CorruptHeadError, PersistError
 # process can load it without importing the training code first.
 BUILTIN_KINDS: dict[str, str] = {
     "dense_classifier": "classifier.dense:DenseClassifier",
+    "linear_text_model": "classifier.features.linear:LinearTextModel",
+    "tfidf_transform": "classifier.features.tfidf:TfidfTransform",
 }
 KINDS: dict[str, str] = dict(BUILTIN_KINDS)
 PART_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
