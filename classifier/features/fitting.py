@@ -466,3 +466,45 @@ def _known(estimator_class: type, params: dict[str, Any]) -> dict[str, Any]:
             f"{estimator_class.__name__}: unknown parameters {unknown}; valid: {sorted(valid)}"
         )
     return params
+
+
+TEXT_MODELS: tuple[str, ...] = MODELS
+
+
+def build_text_head(
+    features: str,
+    head: str = "logreg",
+    *,
+    loss: str = "ce",
+    gamma: float | None = None,
+    alpha: Any = None,
+    resample: str = "none",
+    **params: Any,
+) -> LexicalHead:
+    """A lexical or hybrid head from train_head's options (classifier.training.build_head).
+
+    `head` names the linear model ("logreg" or "svm"); the options only embedding heads
+    have (focal loss, alpha, resampling) are refused by name rather than ignored.
+    """
+    del gamma  # only read with loss="focal", which is refused below
+    if head not in TEXT_MODELS:
+        raise InvalidParameterError(
+            f"head: {head!r} reads only vectors; with features={features!r} use one of "
+            f"{list(TEXT_MODELS)}"
+        )
+    if loss != "ce":
+        raise InvalidParameterError(
+            f"loss: {loss!r} is for embedding heads; {features} heads use 'ce'"
+        )
+    if alpha is not None:
+        raise InvalidParameterError(f"alpha: only for focal loss, not for {features} heads")
+    if resample != "none":
+        raise InvalidParameterError(
+            f"resample: {resample!r} is for embedding heads; use class_weight='balanced' "
+            f"with {features} heads"
+        )
+    if features == "lexical":
+        return make_lexical_head(model=head, **params)
+    if features == "hybrid":
+        return make_hybrid_head(model=head, **params)
+    raise InvalidParameterError(f"features: {features!r} is not 'lexical' or 'hybrid'")
