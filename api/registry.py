@@ -446,17 +446,19 @@ class HeadRegistry:
         with self._lock_for(name):
             check(cancel)
             started = time.perf_counter()
-            embed_options: dict[str, Any] = {"count_truncated": False}
-            if cancel is not None and _accepts(self.service.embed, "cancel"):
-                embed_options["cancel"] = cancel
-            vectors = self.service.embed(texts, **embed_options).vectors
+            vectors = None
+            if options.get("features", "embedding") != "lexical":  # lexical reads texts only
+                embed_options: dict[str, Any] = {"count_truncated": False}
+                if cancel is not None and _accepts(self.service.embed, "cancel"):
+                    embed_options["cancel"] = cancel
+                vectors = self.service.embed(texts, **embed_options).vectors
             check(cancel)
             embedded = time.perf_counter()
             options = dict(options)
             label_names = options.pop("label_names", None)
             if cancel is not None and _accepts(train_head, "cancel"):
                 options["cancel"] = cancel
-            trained = train_head(vectors, labels, label_names=label_names, **options)
+            trained = train_head(vectors, labels, label_names=label_names, texts=texts, **options)
             check(cancel)
             encoder_info = self.service.encoder.describe()
             metadata = artifacts.build_metadata(trained, encoder_info, data_hashes or {})

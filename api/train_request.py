@@ -157,3 +157,40 @@ def check_labels_match(live: Any, name: str, rows: TrainingRows, allow_new: bool
             "Send matching labels, or set replace_labels=true to change them",
             "labels",
         )
+
+
+def feature_options(body: TrainRequest) -> dict[str, Any]:
+    """The train options of `features` (and `vector_weight`), checked against `head`.
+
+    Embedding heads keep the options of today; "svm" and `vector_weight` only make sense
+    with the features that use them, so a mismatch is a 422 naming the field.
+    """
+    if body.features == "embedding":
+        if body.head == "svm":
+            raise InvalidInputError(
+                "head: 'svm' needs features 'lexical' or 'hybrid'; embedding heads are "
+                "'logreg' or 'mlp'",
+                "head",
+            )
+        if body.vector_weight is not None:
+            raise InvalidInputError("vector_weight: only for features 'hybrid'", "vector_weight")
+        return {}
+    if body.head == "mlp":
+        raise InvalidInputError(
+            f"head: 'mlp' reads only vectors; with features {body.features!r} use 'logreg' or "
+            "'svm'",
+            "head",
+        )
+    for name, default in (("loss", "ce"), ("resample", "none"), ("alpha", None)):
+        if getattr(body, name) != default:
+            raise InvalidInputError(
+                f"{name}: only for embedding heads; features {body.features!r} takes "
+                "class_weight='balanced' for imbalanced classes",
+                name,
+            )
+    options: dict[str, Any] = {"features": body.features}
+    if body.vector_weight is not None:
+        if body.features != "hybrid":
+            raise InvalidInputError("vector_weight: only for features 'hybrid'", "vector_weight")
+        options["vector_weight"] = body.vector_weight
+    return options

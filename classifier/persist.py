@@ -66,6 +66,8 @@ BUILTIN_KINDS: dict[str, str] = {
     "calibrator": "classifier.calibration:Calibrator",
     "calibrated_classifier": "classifier.calibration:CalibratedClassifier",
     "stacked_classifier": "classifier.stacking:StackedClassifier",
+    "linear_text_model": "classifier.features.linear:LinearTextModel",
+    "tfidf_transform": "classifier.features.tfidf:TfidfTransform",
 }
 KINDS: dict[str, str] = dict(BUILTIN_KINDS)
 PART_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")

@@ -34,7 +34,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-col", default="text")
     parser.add_argument("--label-col", default="label")
     parser.add_argument("--label-cols", help="comma-separated 0/1 columns (multi-label)")
-    parser.add_argument("--head", choices=["logreg", "mlp"], default="logreg")
+    parser.add_argument(
+        "--head",
+        choices=["logreg", "mlp", "svm"],
+        default="logreg",
+        help="embedding: logreg or mlp; lexical / hybrid: logreg or svm",
+    )
+    add_feature_arguments(parser)
     parser.add_argument("--loss", choices=["ce", "focal"], default="ce")
     parser.add_argument("--gamma", type=float, default=2.0)
     parser.add_argument("--alpha", help="focal alpha: a number, comma-separated list or 'balanced'")
@@ -67,6 +73,36 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mlflow-uri", help="an MLflow tracking URI (server or database)")
     parser.add_argument("--mlflow-experiment", default="bertheads")
     return parser.parse_args(argv)
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """--features and --vector-weight (lexical and hybrid heads, classifier.features)."""
+    parser.add_argument(
+        "--features",
+        choices=["embedding", "lexical", "hybrid"],
+        default="embedding",
+        help="what the head reads: the encoder's vectors, TF-IDF of the texts (lexical), "
+        "or both in one linear model (hybrid)",
+    )
+    parser.add_argument(
+        "--vector-weight", type=float, help="hybrid: weight of the vector block (1.0)"
+    )
+
+
+def feature_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Head options for --features / --vector-weight; mismatches exit 2 naming the flag."""
+    if arguments.vector_weight is not None and arguments.features != "hybrid":
+        raise _invalid("--vector-weight: only with --features hybrid")
+    if arguments.features == "embedding":
+        if arguments.head == "svm":
+            raise _invalid("--head svm: needs --features lexical or hybrid")
+        return {}
+    options: dict[str, Any] = {"features": arguments.features}
+    if arguments.vector_weight is not None:
+        if not arguments.vector_weight > 0:
+            raise _invalid(f"--vector-weight: must be > 0, got {arguments.vector_weight}")
+        options["vector_weight"] = arguments.vector_weight
+    return options
 
 
 def _alpha(text: str | None) -> float | str | list[float] | None:
@@ -166,6 +202,34 @@ def _save(
         store.close()
 
 
+def _embed(
+    service: Any, options: dict[str, Any], texts: list[str], test_texts: list[str] | None
+) -> tuple[Any, Any]:
+    """Embedded train and test texts; (None, None) for a lexical head, which reads only texts."""
+    if options.get("features", "embedding") == "lexical":
+        return None, None
+    embedded = service.embed(texts, progress=True)
+    test_embedded = service.embed(test_texts, progress=True) if test_texts is not None else None
+    return embedded, test_embedded
+
+
+def _embedding_summary(
+    encoder_info: dict[str, Any], service: Any, embedded: Any, test_embedded: Any, rows: int
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "model": encoder_info["model"],
+        "fingerprint": service.fingerprint,
+        "rows": rows,
+    }
+    if embedded is None:
+        summary["embedded"] = False  # a lexical head: nothing was embedded
+        return summary
+    parts = [part for part in (embedded, test_embedded) if part is not None]
+    summary["cached"] = sum(part.cached for part in parts)
+    summary["truncated"] = sum(part.truncated for part in parts)
+    return summary
+
+
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate, plot and save; returns the metrics written to metrics.json."""
     from bertheads.settings import Settings
@@ -212,6 +276,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         options["C"] = arguments.C
     if arguments.hidden_sizes:
         options["hidden_sizes"] = _sizes(arguments.hidden_sizes)
+    options.update(feature_options(arguments))
     head_options = {
         key: value
         for key, value in options.items()
@@ -221,26 +286,30 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
 
     service, encoder_info = _embedding_service(arguments, settings)
     loaded_at = time.perf_counter()
-    embedded = service.embed(texts, progress=True)
-    test_embedded = service.embed(test_texts, progress=True) if test_texts is not None else None
+    embedded, test_embedded = _embed(service, options, texts, test_texts)
+    train_vectors = None if embedded is None else embedded.vectors
     embedded_at = time.perf_counter()
 
     summary = None
     if arguments.cv:
         trained, summary = cross_validate_head(
-            embedded.vectors, train_labels, arguments.cv, **options
+            train_vectors, train_labels, arguments.cv, texts=texts, **options
         )
-    elif test_embedded is not None:
+    elif test_texts is not None:
         trained = train_head(
-            embedded.vectors,
+            train_vectors,
             train_labels,
-            test_vectors=test_embedded.vectors,
+            test_vectors=None if test_embedded is None else test_embedded.vectors,
             test_labels=test_labels,
+            texts=texts,
+            test_texts=test_texts,
             **options,
         )
     else:
         test_size = 0.2 if arguments.test_size is None else arguments.test_size
-        trained = train_head(embedded.vectors, train_labels, test_size=test_size, **options)
+        trained = train_head(
+            train_vectors, train_labels, test_size=test_size, texts=texts, **options
+        )
     trained_at = time.perf_counter()
 
     metrics = dict(trained.metrics)
@@ -264,14 +333,11 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         "train_and_evaluate_seconds": trained_at - embedded_at,
         "head_fit_seconds": trained.fit_seconds,
     }
-    metrics["embedding"] = {
-        "model": encoder_info["model"],
-        "fingerprint": service.fingerprint,
-        "rows": len(texts) + (len(test_texts) if test_texts else 0),
-        "cached": embedded.cached + (test_embedded.cached if test_embedded else 0),
-        "truncated": embedded.truncated + (test_embedded.truncated if test_embedded else 0),
-    }
+    metrics["embedding"] = _embedding_summary(
+        encoder_info, service, embedded, test_embedded, len(texts) + len(test_texts or [])
+    )
     metrics["params"] = trained.params
+    metrics.setdefault("features", trained.params.get("features", "embedding"))
     metrics["thresholds"] = trained.thresholds
     plots = save_plots(out_dir, trained.spec, metrics, trained.evaluation, trained.loss_history)
     if not arguments.no_save:
@@ -321,6 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{metrics['task']} {shown}; head fit {metrics['timings']['head_fit_seconds']:.2f} s, "
         f"total {metrics['timings']['total_seconds']:.1f} s"
     )
+    if "lexical" in metrics:
+        lexical = metrics["lexical"]
+        test = lexical.get("test_texts_without_tokens")
+        print(
+            f"lexical features: {lexical['vocabulary']} n-grams; "
+            f"{lexical['texts_without_tokens']} training text(s)"
+            + ("" if test is None else f" and {test} evaluation text(s)")
+            + " without a usable token (empty TF-IDF row"
+            + (", predicted from the vector)" if metrics.get("features") == "hybrid" else ")")
+        )
     if "saved" in metrics:
         saved = metrics["saved"]
         print(f"saved {saved['name']} v{saved['version']} in {saved['store']}")

@@ -9,7 +9,13 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import JsonBody, ReadAccess, StateDep, WriteAccess
 from api.errors import InvalidInputError
 from api.schemas import RollbackRequest, TrainRequest
-from api.train_request import check_label_columns, check_labels_match, example_rows, file_rows
+from api.train_request import (
+    check_label_columns,
+    check_labels_match,
+    example_rows,
+    feature_options,
+    file_rows,
+)
 from api.train_slots import run_watched
 from bertheads.cancel import CancelToken
 from classifier.errors import TrainingDataError
@@ -67,6 +73,7 @@ async def train(name: HeadName, body: TrainRequest, state: StateDep, request: Re
             "resample": body.resample,
             "test_size": body.test_size,
             "seed": body.seed,
+            **feature_options(body),
         }
         if body.label_cols and body.file is not None:
             options["label_names"] = body.label_cols
