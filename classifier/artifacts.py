@@ -71,6 +71,7 @@ def build_metadata(
             "fit_seconds": trained.fit_seconds,
             "data_hashes": data_hashes or {},
             "metrics": trained.metrics,
+            **getattr(trained, "report", {}),
             **(extra or {}),
         }
     )

@@ -82,9 +82,11 @@ def fit_baseline(
     """Fit the baseline on the training rows, score it on the held-out rows.
 
     Args:
-        texts, targets: Training rows (encoded targets, as classifier.tasks gives them).
+        texts: Training texts.
+        targets: Their encoded targets (as classifier.tasks gives them).
         spec: The task.
-        test_texts, test_targets: The held-out rows the head is scored on.
+        test_texts: The held-out texts the head is scored on.
+        test_targets: Their encoded targets.
         tune_threshold: Tune per-label (or the binary) F1 thresholds, on 3-fold
             out-of-fold scores of the training rows (the TF-IDF is fitted once on all
             training texts: it never sees a label, so only the SVMs are refitted).

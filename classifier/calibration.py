@@ -194,7 +194,10 @@ def fit_calibrator(
     else:
         longest = max(len(knots) for knots in fitted)
         parameters = np.stack(
-            [np.vstack([knots, np.repeat(knots[-1:], longest - len(knots), axis=0)]) for knots in fitted]
+            [
+                np.vstack([knots, np.repeat(knots[-1:], longest - len(knots), axis=0)])
+                for knots in fitted
+            ]
         )
     return Calibrator(method, output_of(task), parameters)
 

@@ -31,7 +31,9 @@ def meta_features(task: str, probabilities: Sequence[np.ndarray]) -> np.ndarray:
     if task == "multilabel":
         return np.stack([_logit(np.asarray(p, dtype=np.float64)) for p in probabilities], axis=1)
     if task == "binary":
-        return np.column_stack([_logit(np.asarray(p, dtype=np.float64)[:, 1]) for p in probabilities])
+        return np.column_stack(
+            [_logit(np.asarray(p, dtype=np.float64)[:, 1]) for p in probabilities]
+        )
     return np.column_stack([_logit(np.asarray(p, dtype=np.float64)) for p in probabilities])
 
 
@@ -97,14 +99,18 @@ class StackedClassifier:
         self.bias_ = np.asarray(bias, dtype=np.float64)
         if self.weights_.ndim != 2 or self.bias_.shape != self.weights_.shape[1:]:
             raise ValueError(f"weights {self.weights_.shape} and bias {self.bias_.shape} differ")
-        reads = {name for member in self.members_ for name in getattr(member, "inputs_", ("vectors",))}
+        reads = {
+            name for member in self.members_ for name in getattr(member, "inputs_", ("vectors",))
+        }
         self.inputs_ = tuple(name for name in ("vectors", "texts") if name in reads)
         self.classes_ = getattr(self.members_[0], "classes_", None)
 
     def predict_proba(self, X: np.ndarray | None, texts: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities (n, columns), float32."""
         opinions = [predict_with(member, X, texts) for member in self.members_]
-        return meta_probabilities(self.task_, meta_features(self.task_, opinions), self.weights_, self.bias_)
+        return meta_probabilities(
+            self.task_, meta_features(self.task_, opinions), self.weights_, self.bias_
+        )
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Members as components, the meta-model as arrays (see classifier.persist)."""

@@ -39,6 +39,9 @@ class TrainedHead:
     n_train: int
     loss_history: dict[str, Any] | None = None
     evaluation: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    # Metadata blocks beside the metrics: chosen, leaderboard, search, baseline, calibration
+    # (classifier.reporting; /work/brief/METADATA.md).
+    report: dict[str, Any] = field(default_factory=dict)
 
     def predict_proba(
         self, vectors: np.ndarray | None, texts: Sequence[str] | None = None

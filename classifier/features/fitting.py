@@ -12,6 +12,8 @@ Predictions at train time already go through that serving model, so what is eval
 is exactly what /predict serves.
 """
 
+import hashlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -87,6 +89,36 @@ def _block(
     return block, sparse.csr_matrix(matrix)
 
 
+class TfidfMemory:
+    """Fitted TF-IDF blocks kept by (texts, settings), like scikit-learn Pipeline's `memory`.
+
+    The head search (classifier.search) fits many lexical and hybrid candidates on the
+    same fold's texts; their TF-IDF depends only on the texts and the n-gram settings,
+    never on C, the class weights or the vector weight, so one fit per fold serves them
+    all. Thread-safe; the key hashes the texts, so a memory is never fooled by a list
+    changed in place.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: dict[tuple[Any, ...], tuple[TfidfBlock, sparse.csr_matrix]] = {}
+        self._lock = threading.Lock()
+
+    def block(self, texts: list[str], *settings: Any) -> tuple[TfidfBlock, sparse.csr_matrix]:
+        """`_block(texts, *settings)`, fitted once per distinct (texts, settings)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\x00")
+        key = (digest.hexdigest(), len(texts), *settings)
+        with self._lock:
+            found = self._blocks.get(key)
+        if found is None:
+            found = _block(texts, *settings)
+            with self._lock:
+                self._blocks[key] = found
+        return found
+
+
 def _platt(decisions: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
     """(slope, intercept) of a sigmoid fitted to one column of decision values."""
     if len(np.unique(targets)) < 2:
@@ -112,6 +144,8 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
         calibration_folds: Folds of the out-of-fold decisions the SVM's Platt map is fit on.
         max_iter: Solver iterations.
         random_state: Seed.
+        memory: A TfidfMemory shared by heads fitted on the same texts (the search's
+            folds), or None to fit the TF-IDF every time.
 
     """
 
@@ -132,6 +166,7 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
         calibration_folds: int = 3,
         max_iter: int = 2000,
         random_state: int = 0,
+        memory: TfidfMemory | None = None,
     ) -> None:
         self.model = model
         self.C = C
@@ -145,6 +180,7 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
         self.calibration_folds = calibration_folds
         self.max_iter = max_iter
         self.random_state = random_state
+        self.memory = memory
 
     # -- checks ----------------------------------------------------------------------
 
@@ -210,7 +246,8 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
             ("char_wb", self.char_ngrams, self.max_char_features),
         ):
             if ngrams is not None:
-                block, matrix = _block(
+                fit_block = _block if self.memory is None else self.memory.block
+                block, matrix = fit_block(
                     texts, analyzer, tuple(ngrams), min_df, cap, self.strip_accents
                 )
                 blocks.append(block)
@@ -412,6 +449,7 @@ class HybridHead(LexicalHead):
         calibration_folds: int = 3,
         max_iter: int = 2000,
         random_state: int = 0,
+        memory: TfidfMemory | None = None,
     ) -> None:
         super().__init__(
             model=model,
@@ -426,6 +464,7 @@ class HybridHead(LexicalHead):
             calibration_folds=calibration_folds,
             max_iter=max_iter,
             random_state=random_state,
+            memory=memory,
         )
         self.vector_weight = vector_weight
 
