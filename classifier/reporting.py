@@ -8,7 +8,6 @@ metadata blocks of /work/brief/METADATA.md: selection_metric, chosen, features,
 leaderboard, search (auto only), baseline and calibration (every run).
 """
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -255,15 +254,24 @@ def _train_auto(
     if tune:
         truth = y if spec.multilabel else (y == 1).astype(int)[:, None]
         thresholds = tune_thresholds(truth, refit.oof if spec.multilabel else refit.oof[:, 1:])
-    metrics: dict[str, Any] = {}
-    evaluation = None
     if test_y is not None:
         from classifier.calibration import predict_with
 
         probabilities = predict_with(refit.estimator, test_X, test_rows_texts)
         metrics = evaluate(spec, test_y, probabilities, thresholds)
         evaluation = (test_y, probabilities)
+    else:
+        # No held-out rows: the chosen candidate's out-of-fold predictions, which the
+        # choice itself has seen (a little optimistic; said so in the metrics).
+        metrics = evaluate(spec, y, refit.oof, thresholds)
+        metrics["evaluated_on"] = (
+            f"{len(result.folds)}-fold out-of-fold predictions of the chosen candidate"
+        )
+        evaluation = (y, refit.oof)
     metrics["fit_seconds"] = refit.fit_seconds
+    lexical = _lexical_report(refit.estimator, test_rows_texts if test_y is not None else None)
+    if lexical is not None:
+        metrics["lexical"] = lexical
     chosen = result.chosen
     trained = TrainedHead(
         estimator=refit.estimator,
@@ -303,6 +311,17 @@ def _train_auto(
     return trained
 
 
+def _lexical_report(estimator: Any, test_texts: list[str] | None) -> dict[str, Any] | None:
+    """Vocabulary and texts without usable tokens of the chosen model's lexical part."""
+    from classifier.training import lexical_report
+
+    parts = [estimator, getattr(estimator, "base_", None), *getattr(estimator, "members_", [])]
+    for part in parts:
+        if part is not None and hasattr(part, "lexical_report_"):
+            return lexical_report(part, test_texts)
+    return None
+
+
 def _baseline(
     trained: TrainedHead,
     spec: TaskSpec,
@@ -315,10 +334,8 @@ def _baseline(
 ) -> None:
     from classifier.baseline import compare, fit_baseline
 
-    started = time.perf_counter()
     baseline = fit_baseline(texts, y, spec, test_texts, test_y, tune_threshold=tune, seed=seed)
     trained.report["baseline"] = compare(trained.metrics, baseline)
-    trained.report.setdefault("timings", {})["baseline_seconds"] = time.perf_counter() - started
 
 
 def _calibration(
@@ -329,7 +346,7 @@ def _calibration(
     method = facts.get("method", "none")
     if trained.evaluation is not None:
         report = calibration_report(trained.spec.task, *trained.evaluation, method)
-        report["measured_on"] = "held-out rows"
+        report["measured_on"] = trained.metrics.get("evaluated_on", "held-out rows")
     elif oof is not None and y is not None:
         report = calibration_report(trained.spec.task, y, oof, method)
         report["measured_on"] = "out-of-fold predictions of the training rows"

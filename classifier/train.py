@@ -36,9 +36,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--label-cols", help="comma-separated 0/1 columns (multi-label)")
     parser.add_argument(
         "--head",
-        choices=["logreg", "mlp", "svm"],
-        default="logreg",
-        help="embedding: logreg or mlp; lexical / hybrid: logreg or svm",
+        choices=["auto", "logreg", "mlp", "svm"],
+        default="auto",
+        help="auto (default): search head families by CV within --budget-seconds; "
+        "embedding: logreg or mlp; lexical / hybrid: logreg or svm",
+    )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        help="auto: seconds the search may start candidates in (TRAIN_BUDGET_SECONDS, 60)",
     )
     add_feature_arguments(parser)
     parser.add_argument("--loss", choices=["ce", "focal"], default="ce")
@@ -230,13 +236,101 @@ def _embedding_summary(
     return summary
 
 
+HEAD_ONLY_FLAGS: dict[str, Any] = {
+    "loss": "ce",
+    "gamma": 2.0,
+    "alpha": None,
+    "class_weight": None,
+    "resample": "none",
+    "C": None,
+    "hidden_sizes": None,
+    "features": "embedding",
+    "vector_weight": None,
+}
+
+
+def refuse_head_options(arguments: argparse.Namespace) -> None:
+    """--head auto chooses these itself: a flag given with it exits 2 rather than being ignored."""
+    given = [
+        "--" + name.replace("_", "-")
+        for name, default in HEAD_ONLY_FLAGS.items()
+        if getattr(arguments, name, default) != default
+    ]
+    if given:
+        raise _invalid(
+            f"{', '.join(given)}: only with a named head (--head logreg, mlp or svm); "
+            "--head auto searches the families and their options itself"
+        )
+
+
+def auto_options(
+    arguments: argparse.Namespace, settings: Any, label_columns: list[str] | None
+) -> dict[str, Any]:
+    """classifier.reporting.train_reported's options for --head auto."""
+    budget = arguments.budget_seconds
+    if budget is None:
+        budget = settings.train_budget_seconds
+    if not budget > 0:
+        raise _invalid(f"--budget-seconds: must be > 0, got {budget}")
+    options: dict[str, Any] = {
+        "label_names": label_columns,
+        "head": "auto",
+        "seed": arguments.seed,
+        "budget_seconds": budget,
+    }
+    if arguments.tune_threshold:
+        options["tune_threshold"] = True
+    return options
+
+
+def print_report(metrics: dict[str, Any], shown_rows: int = 8) -> None:
+    """The leaderboard, the chosen head against the baseline, and its calibration."""
+    board = metrics.get("leaderboard")
+    if board:
+        search = metrics.get("search", {})
+        cut = " (cut by the budget)" if search.get("cut_by_budget") else ""
+        print(
+            f"auto search: {search.get('candidates_tried')} candidates, "
+            f"{search.get('folds')}-fold CV {metrics.get('selection_metric')}, "
+            f"{search.get('seconds', 0):.1f} s of a {search.get('budget_seconds')} s budget{cut}"
+        )
+        chosen = metrics.get("chosen", {}).get("candidate")
+        for row in board[:shown_rows]:
+            mark = "*" if row["candidate"] == chosen else " "
+            value = "   -  " if row["cv_score"] is None else f"{row['cv_score']:.4f}"
+            print(
+                f" {mark} {value}  {row['fit_seconds']:6.2f} s  {row['candidate']}"
+                + ("" if row["status"] == "ok" else f"  [{row['status']}]")
+            )
+        if len(board) > shown_rows:
+            print(f"   ... {len(board) - shown_rows} more in metrics.json")
+    baseline = metrics.get("baseline") or {}
+    differences = baseline.get("head_minus_baseline") or {}
+    if differences:
+        print(f"against the baseline {baseline['name']} (same split):")
+        for key, difference in differences.items():
+            print(
+                f"   {key:<12} head {metrics[key]:.4f}  baseline "
+                f"{baseline['metrics'][key]:.4f}  difference {difference:+.4f}"
+            )
+    elif baseline.get("skipped"):
+        print(f"baseline: not fitted ({baseline['skipped']})")
+    calibration = metrics.get("calibration") or {}
+    if calibration.get("ece") is not None:
+        print(
+            f"calibration: method {calibration['method']}, ECE {calibration['ece']:.4f} "
+            f"on the {calibration.get('measured_on', 'held-out rows')}"
+        )
+
+
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate, plot and save; returns the metrics written to metrics.json."""
     from bertheads.settings import Settings
     from classifier.data import file_sha256, read_labelled
     from classifier.plots import save_plots
+    from classifier.reporting import train_reported
     from classifier.tasks import encode_labels
-    from classifier.training import build_head, cross_validate_head, train_head
+    from classifier.training import build_head, cross_validate_head
 
     started = time.perf_counter()
     settings = Settings()
@@ -260,6 +354,8 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     name = arguments.name or re.sub(r"[^A-Za-z0-9_.-]", "_", arguments.data.resolve().parent.name)
     out_dir = arguments.out or REPO_ROOT / "runs" / name
 
+    if arguments.head == "auto":
+        refuse_head_options(arguments)
     options: dict[str, Any] = {
         "label_names": label_columns,
         "head": arguments.head,
@@ -282,7 +378,10 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         for key, value in options.items()
         if key not in ("head", "seed", "label_names", "tune_threshold")
     }
-    build_head(arguments.head, random_state=arguments.seed, **head_options)  # bad options fail fast
+    if arguments.head == "auto":
+        options = auto_options(arguments, settings, label_columns)
+    else:
+        build_head(arguments.head, random_state=arguments.seed, **head_options)  # fail fast
 
     service, encoder_info = _embedding_service(arguments, settings)
     loaded_at = time.perf_counter()
@@ -291,24 +390,24 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     embedded_at = time.perf_counter()
 
     summary = None
-    if arguments.cv:
-        trained, summary = cross_validate_head(
-            train_vectors, train_labels, arguments.cv, texts=texts, **options
-        )
-    elif test_texts is not None:
-        trained = train_head(
+    if arguments.head == "auto" or not arguments.cv:
+        trained = train_reported(
             train_vectors,
             train_labels,
-            test_vectors=None if test_embedded is None else test_embedded.vectors,
-            test_labels=test_labels,
             texts=texts,
+            test_vectors=None if test_embedded is None else test_embedded.vectors,
             test_texts=test_texts,
+            test_labels=test_labels,
+            test_size=(
+                0.0 if arguments.cv else 0.2 if arguments.test_size is None else arguments.test_size
+            ),
+            folds=arguments.cv,
+            progress=True,
             **options,
         )
     else:
-        test_size = 0.2 if arguments.test_size is None else arguments.test_size
-        trained = train_head(
-            train_vectors, train_labels, test_size=test_size, texts=texts, **options
+        trained, summary = cross_validate_head(
+            train_vectors, train_labels, arguments.cv, texts=texts, **options
         )
     trained_at = time.perf_counter()
 
@@ -336,6 +435,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     metrics["embedding"] = _embedding_summary(
         encoder_info, service, embedded, test_embedded, len(texts) + len(test_texts or [])
     )
+    metrics.update(trained.report)
     metrics["params"] = trained.params
     metrics.setdefault("features", trained.params.get("features", "embedding"))
     metrics["thresholds"] = trained.thresholds
@@ -397,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             + " without a usable token (empty TF-IDF row"
             + (", predicted from the vector)" if metrics.get("features") == "hybrid" else ")")
         )
+    print_report(metrics)
     if "saved" in metrics:
         saved = metrics["saved"]
         print(f"saved {saved['name']} v{saved['version']} in {saved['store']}")
