@@ -80,8 +80,17 @@ class TrainRequest(BaseModel):
     text_col: CleanStr = "text"
     label_col: CleanStr = "label"
     label_cols: list[LabelStr] | None = None
-    head: Literal["logreg", "mlp", "svm"] = Field(
-        "logreg", description="logreg or mlp on the vectors; logreg or svm for lexical / hybrid."
+    head: Literal["auto", "logreg", "mlp", "svm"] = Field(
+        "auto",
+        description="auto: search head families by cross-validation within budget_seconds "
+        "and keep the best; logreg or mlp on the vectors; logreg or svm for lexical / hybrid.",
+    )
+    budget_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="auto only: seconds the search may start candidates in "
+        "(default TRAIN_BUDGET_SECONDS); must stay under TRAIN_TIMEOUT_SECONDS.",
     )
     features: Literal["embedding", "lexical", "hybrid"] = Field(
         "embedding",

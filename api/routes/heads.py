@@ -13,8 +13,8 @@ from api.train_request import (
     check_label_columns,
     check_labels_match,
     example_rows,
-    feature_options,
     file_rows,
+    head_options,
 )
 from api.train_slots import run_watched
 from bertheads.cancel import CancelToken
@@ -65,15 +65,9 @@ async def train(name: HeadName, body: TrainRequest, state: StateDep, request: Re
             rows = await run_in_threadpool(file_rows, body, settings)
             check_labels_match(state.registry.live(name), name, rows, body.replace_labels)
         options = {
-            "head": body.head,
-            "loss": body.loss,
-            "gamma": body.gamma,
-            "alpha": body.alpha,
-            "class_weight": body.class_weight,
-            "resample": body.resample,
+            **head_options(body, settings),
             "test_size": body.test_size,
             "seed": body.seed,
-            **feature_options(body),
         }
         if body.label_cols and body.file is not None:
             options["label_names"] = body.label_cols
