@@ -42,6 +42,16 @@ logger = logging.getLogger(__name__)
 DEMO_DATA = REPO_ROOT / "data" / "demo_support.csv"
 DEMO_HEAD = "demo"
 DEMO_OPTIONS: dict[str, Any] = {"head": "logreg"}
+# What the train answer repeats from the saved metadata (/work/brief/METADATA.md).
+REPORT_FIELDS: tuple[str, ...] = (
+    "selection_metric",
+    "chosen",
+    "features",
+    "leaderboard",
+    "search",
+    "baseline",
+    "calibration",
+)
 
 
 def _accepts(function: Any, keyword: str) -> bool:
@@ -439,24 +449,26 @@ class HeadRegistry:
         cancel: CancelToken | None = None,
         only_if_absent: bool = False,
     ) -> dict[str, Any]:
-        from classifier.training import train_head
+        from classifier.reporting import train_reported
 
         check_name(name)
         self._check_head_cap(name)
         with self._lock_for(name):
             check(cancel)
             started = time.perf_counter()
-            embed_options: dict[str, Any] = {"count_truncated": False}
-            if cancel is not None and _accepts(self.service.embed, "cancel"):
-                embed_options["cancel"] = cancel
-            vectors = self.service.embed(texts, **embed_options).vectors
+            vectors = None
+            if options.get("features", "embedding") != "lexical":  # lexical reads texts only
+                embed_options: dict[str, Any] = {"count_truncated": False}
+                if cancel is not None and _accepts(self.service.embed, "cancel"):
+                    embed_options["cancel"] = cancel
+                vectors = self.service.embed(texts, **embed_options).vectors
             check(cancel)
             embedded = time.perf_counter()
             options = dict(options)
             label_names = options.pop("label_names", None)
-            if cancel is not None and _accepts(train_head, "cancel"):
-                options["cancel"] = cancel
-            trained = train_head(vectors, labels, label_names=label_names, **options)
+            trained = train_reported(
+                vectors, labels, label_names=label_names, texts=texts, cancel=cancel, **options
+            )
             check(cancel)
             encoder_info = self.service.encoder.describe()
             metadata = artifacts.build_metadata(trained, encoder_info, data_hashes or {})
@@ -490,6 +502,7 @@ class HeadRegistry:
             "embed_seconds": round(embedded - started, 3),
             "fit_seconds": round(trained.fit_seconds, 3),
             "total_seconds": round(finished - started, 3),
+            **{key: record.metadata[key] for key in REPORT_FIELDS if key in record.metadata},
         }
 
     def rollback(self, name: str, version: int | None) -> dict[str, Any]:

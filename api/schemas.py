@@ -80,7 +80,27 @@ class TrainRequest(BaseModel):
     text_col: CleanStr = "text"
     label_col: CleanStr = "label"
     label_cols: list[LabelStr] | None = None
-    head: Literal["logreg", "mlp"] = "logreg"
+    head: Literal["auto", "logreg", "mlp", "svm"] = Field(
+        "auto",
+        description="auto: search head families by cross-validation within budget_seconds "
+        "and keep the best; logreg or mlp on the vectors; logreg or svm for lexical / hybrid.",
+    )
+    budget_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="auto only: seconds the search may start candidates in "
+        "(default TRAIN_BUDGET_SECONDS); must stay under TRAIN_TIMEOUT_SECONDS.",
+    )
+    features: Literal["embedding", "lexical", "hybrid"] = Field(
+        "embedding",
+        description="What the head reads: the encoder's vectors (embedding), TF-IDF of the "
+        "texts (lexical; /predict then never calls the encoder), or both in one linear "
+        "model (hybrid).",
+    )
+    vector_weight: float | None = Field(
+        None, gt=0, le=100, description="Hybrid only: weight of the vector block (default 1)."
+    )
     loss: Literal["ce", "focal"] = "ce"
     gamma: float = Field(2.0, ge=0, le=10)
     alpha: float | None = Field(None, gt=0, lt=1)

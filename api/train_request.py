@@ -157,3 +157,91 @@ def check_labels_match(live: Any, name: str, rows: TrainingRows, allow_new: bool
             "Send matching labels, or set replace_labels=true to change them",
             "labels",
         )
+
+
+def feature_options(body: TrainRequest) -> dict[str, Any]:
+    """The train options of `features` (and `vector_weight`), checked against `head`.
+
+    Embedding heads keep the options of today; "svm" and `vector_weight` only make sense
+    with the features that use them, so a mismatch is a 422 naming the field.
+    """
+    if body.features == "embedding":
+        if body.head == "svm":
+            raise InvalidInputError(
+                "head: 'svm' needs features 'lexical' or 'hybrid'; embedding heads are "
+                "'logreg' or 'mlp'",
+                "head",
+            )
+        if body.vector_weight is not None:
+            raise InvalidInputError("vector_weight: only for features 'hybrid'", "vector_weight")
+        return {}
+    if body.head == "mlp":
+        raise InvalidInputError(
+            f"head: 'mlp' reads only vectors; with features {body.features!r} use 'logreg' or "
+            "'svm'",
+            "head",
+        )
+    for name, default in (("loss", "ce"), ("resample", "none"), ("alpha", None)):
+        if getattr(body, name) != default:
+            raise InvalidInputError(
+                f"{name}: only for embedding heads; features {body.features!r} takes "
+                "class_weight='balanced' for imbalanced classes",
+                name,
+            )
+    options: dict[str, Any] = {"features": body.features}
+    if body.vector_weight is not None:
+        if body.features != "hybrid":
+            raise InvalidInputError("vector_weight: only for features 'hybrid'", "vector_weight")
+        options["vector_weight"] = body.vector_weight
+    return options
+
+
+# Options a named head takes and the auto search chooses itself.
+HEAD_ONLY_FIELDS: tuple[str, ...] = (
+    "loss",
+    "gamma",
+    "alpha",
+    "class_weight",
+    "resample",
+    "features",
+    "vector_weight",
+)
+
+
+def head_options(body: TrainRequest, settings: Settings) -> dict[str, Any]:
+    """The head's train options: the auto search's budget, or a named head's options.
+
+    An option only a named head takes, sent with head "auto", is a 422 naming it rather
+    than being ignored; so is a budget sent with a named head, or one that cannot end
+    before TRAIN_TIMEOUT_SECONDS.
+    """
+    if body.head != "auto":
+        if body.budget_seconds is not None:
+            raise InvalidInputError(
+                "budget_seconds: only for head 'auto' (the search's time budget)",
+                "budget_seconds",
+            )
+        return {
+            "head": body.head,
+            "loss": body.loss,
+            "gamma": body.gamma,
+            "alpha": body.alpha,
+            "class_weight": body.class_weight,
+            "resample": body.resample,
+            **feature_options(body),
+        }
+    given = [name for name in HEAD_ONLY_FIELDS if name in body.model_fields_set]
+    if given:
+        raise InvalidInputError(
+            f"{given[0]}: only for a named head (logreg, mlp, svm); head 'auto' searches "
+            "the families and their options itself",
+            given[0],
+        )
+    budget = body.budget_seconds or settings.train_budget_seconds
+    if budget >= settings.train_timeout_seconds:
+        raise InvalidInputError(
+            f"budget_seconds: {budget:g} s does not leave time to refit and save within "
+            f"TRAIN_TIMEOUT_SECONDS ({settings.train_timeout_seconds:g} s)",
+            "budget_seconds",
+        )
+    return {"head": "auto", "budget_seconds": budget}

@@ -66,10 +66,12 @@ def build_metadata(
             "labels": list(trained.spec.labels),
             "thresholds": trained.thresholds,
             "params": trained.params,
+            "features": trained.params.get("features", "embedding"),
             "n_train": trained.n_train,
             "fit_seconds": trained.fit_seconds,
             "data_hashes": data_hashes or {},
             "metrics": trained.metrics,
+            **getattr(trained, "report", {}),
             **(extra or {}),
         }
     )

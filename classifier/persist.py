@@ -63,6 +63,11 @@ from classifier.errors import CorruptHeadError, PersistError
 # process can load it without importing the training code first.
 BUILTIN_KINDS: dict[str, str] = {
     "dense_classifier": "classifier.dense:DenseClassifier",
+    "calibrator": "classifier.calibration:Calibrator",
+    "calibrated_classifier": "classifier.calibration:CalibratedClassifier",
+    "stacked_classifier": "classifier.stacking:StackedClassifier",
+    "linear_text_model": "classifier.features.linear:LinearTextModel",
+    "tfidf_transform": "classifier.features.tfidf:TfidfTransform",
 }
 KINDS: dict[str, str] = dict(BUILTIN_KINDS)
 PART_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")

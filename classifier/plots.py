@@ -26,12 +26,13 @@ def save_plots(
     evaluation: tuple[np.ndarray, np.ndarray] | None,
     loss_history: dict[str, Any] | None,
 ) -> list[Path]:
-    """Write confusion matrix, ROC, precision-recall, per-class F1 and loss-curve plots.
+    """Write confusion matrix, ROC, precision-recall, per-class F1, loss and reliability plots.
 
     Args:
         out_dir: Directory for the PNG files.
         spec: The task.
-        metrics: Output of metrics.evaluate (confusion matrix, per-class F1).
+        metrics: Output of metrics.evaluate (confusion matrix, per-class F1), with the
+            `calibration` block (reliability bins; classifier.calibration) when present.
         evaluation: (targets, probabilities) of the held-out rows, or None.
         loss_history: {"train": [...], "validation": [...]} of a torch-trained head, or None.
 
@@ -112,4 +113,32 @@ def save_plots(
         axis.set_title("training loss")
         axis.legend()
         save(figure, "loss_curve.png")
+    calibration = metrics.get("calibration") or {}
+    bins = [b for b in calibration.get("reliability") or [] if b.get("count")]
+    if bins:
+        figure, axis = plt.subplots(figsize=(5, 4.5))
+        axis.plot([0, 1], [0, 1], "k:", linewidth=0.8, label="perfectly calibrated")
+        confidence = [b["confidence"] for b in bins]
+        accuracy = [b["accuracy"] for b in bins]
+        axis.plot(confidence, accuracy, "o-", label="this head")
+        for x, y, b in zip(confidence, accuracy, bins, strict=True):
+            axis.annotate(
+                str(b["count"]),
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color="grey",
+            )
+        multilabel = spec.multilabel
+        axis.set_xlabel("predicted probability" if multilabel else "confidence (top class)")
+        axis.set_ylabel("share positive" if multilabel else "accuracy")
+        ece = calibration.get("ece")
+        method = calibration.get("method", "none")
+        title = "reliability" + ("" if ece is None else f" (ECE {ece:.3f}, {method})")
+        axis.set_title(title)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.legend(fontsize=8, loc="upper left")
+        save(figure, "reliability.png")
     return written

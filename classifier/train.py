@@ -34,7 +34,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-col", default="text")
     parser.add_argument("--label-col", default="label")
     parser.add_argument("--label-cols", help="comma-separated 0/1 columns (multi-label)")
-    parser.add_argument("--head", choices=["logreg", "mlp"], default="logreg")
+    parser.add_argument(
+        "--head",
+        choices=["auto", "logreg", "mlp", "svm"],
+        default="auto",
+        help="auto (default): search head families by CV within --budget-seconds; "
+        "embedding: logreg or mlp; lexical / hybrid: logreg or svm",
+    )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        help="auto: seconds the search may start candidates in (TRAIN_BUDGET_SECONDS, 60)",
+    )
+    add_feature_arguments(parser)
     parser.add_argument("--loss", choices=["ce", "focal"], default="ce")
     parser.add_argument("--gamma", type=float, default=2.0)
     parser.add_argument("--alpha", help="focal alpha: a number, comma-separated list or 'balanced'")
@@ -67,6 +79,36 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mlflow-uri", help="an MLflow tracking URI (server or database)")
     parser.add_argument("--mlflow-experiment", default="bertheads")
     return parser.parse_args(argv)
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """--features and --vector-weight (lexical and hybrid heads, classifier.features)."""
+    parser.add_argument(
+        "--features",
+        choices=["embedding", "lexical", "hybrid"],
+        default="embedding",
+        help="what the head reads: the encoder's vectors, TF-IDF of the texts (lexical), "
+        "or both in one linear model (hybrid)",
+    )
+    parser.add_argument(
+        "--vector-weight", type=float, help="hybrid: weight of the vector block (1.0)"
+    )
+
+
+def feature_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """Head options for --features / --vector-weight; mismatches exit 2 naming the flag."""
+    if arguments.vector_weight is not None and arguments.features != "hybrid":
+        raise _invalid("--vector-weight: only with --features hybrid")
+    if arguments.features == "embedding":
+        if arguments.head == "svm":
+            raise _invalid("--head svm: needs --features lexical or hybrid")
+        return {}
+    options: dict[str, Any] = {"features": arguments.features}
+    if arguments.vector_weight is not None:
+        if not arguments.vector_weight > 0:
+            raise _invalid(f"--vector-weight: must be > 0, got {arguments.vector_weight}")
+        options["vector_weight"] = arguments.vector_weight
+    return options
 
 
 def _alpha(text: str | None) -> float | str | list[float] | None:
@@ -166,13 +208,129 @@ def _save(
         store.close()
 
 
+def _embed(
+    service: Any, options: dict[str, Any], texts: list[str], test_texts: list[str] | None
+) -> tuple[Any, Any]:
+    """Embedded train and test texts; (None, None) for a lexical head, which reads only texts."""
+    if options.get("features", "embedding") == "lexical":
+        return None, None
+    embedded = service.embed(texts, progress=True)
+    test_embedded = service.embed(test_texts, progress=True) if test_texts is not None else None
+    return embedded, test_embedded
+
+
+def _embedding_summary(
+    encoder_info: dict[str, Any], service: Any, embedded: Any, test_embedded: Any, rows: int
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "model": encoder_info["model"],
+        "fingerprint": service.fingerprint,
+        "rows": rows,
+    }
+    if embedded is None:
+        summary["embedded"] = False  # a lexical head: nothing was embedded
+        return summary
+    parts = [part for part in (embedded, test_embedded) if part is not None]
+    summary["cached"] = sum(part.cached for part in parts)
+    summary["truncated"] = sum(part.truncated for part in parts)
+    return summary
+
+
+HEAD_ONLY_FLAGS: dict[str, Any] = {
+    "loss": "ce",
+    "gamma": 2.0,
+    "alpha": None,
+    "class_weight": None,
+    "resample": "none",
+    "C": None,
+    "hidden_sizes": None,
+    "features": "embedding",
+    "vector_weight": None,
+}
+
+
+def refuse_head_options(arguments: argparse.Namespace) -> None:
+    """--head auto chooses these itself: a flag given with it exits 2 rather than being ignored."""
+    given = [
+        "--" + name.replace("_", "-")
+        for name, default in HEAD_ONLY_FLAGS.items()
+        if getattr(arguments, name, default) != default
+    ]
+    if given:
+        raise _invalid(
+            f"{', '.join(given)}: only with a named head (--head logreg, mlp or svm); "
+            "--head auto searches the families and their options itself"
+        )
+
+
+def auto_options(
+    arguments: argparse.Namespace, settings: Any, label_columns: list[str] | None
+) -> dict[str, Any]:
+    """classifier.reporting.train_reported's options for --head auto."""
+    budget = arguments.budget_seconds
+    if budget is None:
+        budget = settings.train_budget_seconds
+    if not budget > 0:
+        raise _invalid(f"--budget-seconds: must be > 0, got {budget}")
+    options: dict[str, Any] = {
+        "label_names": label_columns,
+        "head": "auto",
+        "seed": arguments.seed,
+        "budget_seconds": budget,
+    }
+    if arguments.tune_threshold:
+        options["tune_threshold"] = True
+    return options
+
+
+def print_report(metrics: dict[str, Any], shown_rows: int = 8) -> None:
+    """The leaderboard, the chosen head against the baseline, and its calibration."""
+    board = metrics.get("leaderboard")
+    if board:
+        search = metrics.get("search", {})
+        cut = " (cut by the budget)" if search.get("cut_by_budget") else ""
+        print(
+            f"auto search: {search.get('candidates_tried')} candidates, "
+            f"{search.get('folds')}-fold CV {metrics.get('selection_metric')}, "
+            f"{search.get('seconds', 0):.1f} s of a {search.get('budget_seconds')} s budget{cut}"
+        )
+        chosen = metrics.get("chosen", {}).get("candidate")
+        for row in board[:shown_rows]:
+            mark = "*" if row["candidate"] == chosen else " "
+            value = "   -  " if row["cv_score"] is None else f"{row['cv_score']:.4f}"
+            print(
+                f" {mark} {value}  {row['fit_seconds']:6.2f} s  {row['candidate']}"
+                + ("" if row["status"] == "ok" else f"  [{row['status']}]")
+            )
+        if len(board) > shown_rows:
+            print(f"   ... {len(board) - shown_rows} more in metrics.json")
+    baseline = metrics.get("baseline") or {}
+    differences = baseline.get("head_minus_baseline") or {}
+    if differences:
+        print(f"against the baseline {baseline['name']} (same split):")
+        for key, difference in differences.items():
+            print(
+                f"   {key:<12} head {metrics[key]:.4f}  baseline "
+                f"{baseline['metrics'][key]:.4f}  difference {difference:+.4f}"
+            )
+    elif baseline.get("skipped"):
+        print(f"baseline: not fitted ({baseline['skipped']})")
+    calibration = metrics.get("calibration") or {}
+    if calibration.get("ece") is not None:
+        print(
+            f"calibration: method {calibration['method']}, ECE {calibration['ece']:.4f} "
+            f"on the {calibration.get('measured_on', 'held-out rows')}"
+        )
+
+
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate, plot and save; returns the metrics written to metrics.json."""
     from bertheads.settings import Settings
     from classifier.data import file_sha256, read_labelled
     from classifier.plots import save_plots
+    from classifier.reporting import train_reported
     from classifier.tasks import encode_labels
-    from classifier.training import build_head, cross_validate_head, train_head
+    from classifier.training import build_head, cross_validate_head
 
     started = time.perf_counter()
     settings = Settings()
@@ -196,6 +354,8 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     name = arguments.name or re.sub(r"[^A-Za-z0-9_.-]", "_", arguments.data.resolve().parent.name)
     out_dir = arguments.out or REPO_ROOT / "runs" / name
 
+    if arguments.head == "auto":
+        refuse_head_options(arguments)
     options: dict[str, Any] = {
         "label_names": label_columns,
         "head": arguments.head,
@@ -212,35 +372,43 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         options["C"] = arguments.C
     if arguments.hidden_sizes:
         options["hidden_sizes"] = _sizes(arguments.hidden_sizes)
+    options.update(feature_options(arguments))
     head_options = {
         key: value
         for key, value in options.items()
         if key not in ("head", "seed", "label_names", "tune_threshold")
     }
-    build_head(arguments.head, random_state=arguments.seed, **head_options)  # bad options fail fast
+    if arguments.head == "auto":
+        options = auto_options(arguments, settings, label_columns)
+    else:
+        build_head(arguments.head, random_state=arguments.seed, **head_options)  # fail fast
 
     service, encoder_info = _embedding_service(arguments, settings)
     loaded_at = time.perf_counter()
-    embedded = service.embed(texts, progress=True)
-    test_embedded = service.embed(test_texts, progress=True) if test_texts is not None else None
+    embedded, test_embedded = _embed(service, options, texts, test_texts)
+    train_vectors = None if embedded is None else embedded.vectors
     embedded_at = time.perf_counter()
 
     summary = None
-    if arguments.cv:
-        trained, summary = cross_validate_head(
-            embedded.vectors, train_labels, arguments.cv, **options
-        )
-    elif test_embedded is not None:
-        trained = train_head(
-            embedded.vectors,
+    if arguments.head == "auto" or not arguments.cv:
+        trained = train_reported(
+            train_vectors,
             train_labels,
-            test_vectors=test_embedded.vectors,
+            texts=texts,
+            test_vectors=None if test_embedded is None else test_embedded.vectors,
+            test_texts=test_texts,
             test_labels=test_labels,
+            test_size=(
+                0.0 if arguments.cv else 0.2 if arguments.test_size is None else arguments.test_size
+            ),
+            folds=arguments.cv,
+            progress=True,
             **options,
         )
     else:
-        test_size = 0.2 if arguments.test_size is None else arguments.test_size
-        trained = train_head(embedded.vectors, train_labels, test_size=test_size, **options)
+        trained, summary = cross_validate_head(
+            train_vectors, train_labels, arguments.cv, texts=texts, **options
+        )
     trained_at = time.perf_counter()
 
     metrics = dict(trained.metrics)
@@ -264,14 +432,12 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         "train_and_evaluate_seconds": trained_at - embedded_at,
         "head_fit_seconds": trained.fit_seconds,
     }
-    metrics["embedding"] = {
-        "model": encoder_info["model"],
-        "fingerprint": service.fingerprint,
-        "rows": len(texts) + (len(test_texts) if test_texts else 0),
-        "cached": embedded.cached + (test_embedded.cached if test_embedded else 0),
-        "truncated": embedded.truncated + (test_embedded.truncated if test_embedded else 0),
-    }
+    metrics["embedding"] = _embedding_summary(
+        encoder_info, service, embedded, test_embedded, len(texts) + len(test_texts or [])
+    )
+    metrics.update(trained.report)
     metrics["params"] = trained.params
+    metrics.setdefault("features", trained.params.get("features", "embedding"))
     metrics["thresholds"] = trained.thresholds
     plots = save_plots(out_dir, trained.spec, metrics, trained.evaluation, trained.loss_history)
     if not arguments.no_save:
@@ -321,6 +487,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{metrics['task']} {shown}; head fit {metrics['timings']['head_fit_seconds']:.2f} s, "
         f"total {metrics['timings']['total_seconds']:.1f} s"
     )
+    if "lexical" in metrics:
+        lexical = metrics["lexical"]
+        test = lexical.get("test_texts_without_tokens")
+        print(
+            f"lexical features: {lexical['vocabulary']} n-grams; "
+            f"{lexical['texts_without_tokens']} training text(s)"
+            + ("" if test is None else f" and {test} evaluation text(s)")
+            + " without a usable token (empty TF-IDF row"
+            + (", predicted from the vector)" if metrics.get("features") == "hybrid" else ")")
+        )
+    print_report(metrics)
     if "saved" in metrics:
         saved = metrics["saved"]
         print(f"saved {saved['name']} v{saved['version']} in {saved['store']}")

@@ -840,7 +840,6 @@ def test_quality_panels_render_the_documented_fields(server, heads, models_dir, 
     assert browser.problems() == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs the quality branch's metadata")
 def test_default_head_shows_its_leaderboard_baseline_and_calibration(server, heads, browser):
     """`support` was trained with the default settings: its live version carries the
     leaderboard, baseline and calibration, and the page shows their numbers."""

@@ -9,7 +9,13 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import JsonBody, ReadAccess, StateDep, WriteAccess
 from api.errors import InvalidInputError
 from api.schemas import RollbackRequest, TrainRequest
-from api.train_request import check_label_columns, check_labels_match, example_rows, file_rows
+from api.train_request import (
+    check_label_columns,
+    check_labels_match,
+    example_rows,
+    file_rows,
+    head_options,
+)
 from api.train_slots import run_watched
 from bertheads.cancel import CancelToken
 from classifier.errors import TrainingDataError
@@ -59,12 +65,7 @@ async def train(name: HeadName, body: TrainRequest, state: StateDep, request: Re
             rows = await run_in_threadpool(file_rows, body, settings)
             check_labels_match(state.registry.live(name), name, rows, body.replace_labels)
         options = {
-            "head": body.head,
-            "loss": body.loss,
-            "gamma": body.gamma,
-            "alpha": body.alpha,
-            "class_weight": body.class_weight,
-            "resample": body.resample,
+            **head_options(body, settings),
             "test_size": body.test_size,
             "seed": body.seed,
         }
