@@ -1,5 +1,10 @@
 """Long texts read as overlapping token windows: real MiniLM, real Redis, real app."""
 
+import csv
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import redis
@@ -9,7 +14,7 @@ from api.main import create_app
 from embedder import EmbeddingCache, EmbeddingService, cache_key, connect, load_encoder
 from embedder.errors import InvalidConfigError
 from embedder.windows import window_space
-from tests.conftest import MINILM, make_settings
+from tests.conftest import MINILM, REPO, make_settings
 
 MAX_SEQ_LEN = 32  # short windows keep the model cheap; 30 tokens of text per window
 OVERLAP = 8
@@ -234,3 +239,33 @@ def test_the_api_counts_long_texts_honestly(api, encoder):
     client.close()
     predict_free = api.post("/embed", json={"texts": [five_windows]}).json()
     assert predict_free["cached"] == 1 and predict_free["truncated"] == 1
+
+
+def run_train(*arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "classifier/train.py", "--model", MINILM, *arguments]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_train_cli_reads_long_texts_as_asked(tmp_path, redis_url):
+    data = tmp_path / "long.csv"
+    with data.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for index in range(16):
+            label = ("calm", "storm")[index % 2]
+            # 200 words (over 128 tokens) with the label's word only near the end.
+            writer.writerow([f"{words(180, seed=index)} {label} {words(20, seed=99)}", label])
+    common = ["--data", str(data), "--test-size", "0.25", "--no-save", "--redis-url", redis_url]
+    windows = run_train(*common, "--long-texts", "windows", "--out", str(tmp_path / "w"))
+    assert windows.returncode == 0, windows.stderr
+    embedding = json.loads((tmp_path / "w" / "metrics.json").read_text())["embedding"]
+    assert embedding["long_texts"]["mode"] == "windows" and embedding["truncated"] == 0
+    truncate = run_train(*common, "--long-texts", "truncate", "--out", str(tmp_path / "t"))
+    assert truncate.returncode == 0, truncate.stderr
+    embedding = json.loads((tmp_path / "t" / "metrics.json").read_text())["embedding"]
+    assert embedding["long_texts"]["mode"] == "truncate" and embedding["truncated"] == 16
+    assert embedding["cached"] == 0  # the text keys hold cut vectors, the windows sit apart
+    remote = run_train(
+        *common, "--long-texts", "windows", "--embed-url", "http://127.0.0.1:9", "--out", "x"
+    )
+    assert remote.returncode == 2 and "--long-texts" in remote.stderr
