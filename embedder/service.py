@@ -115,6 +115,12 @@ class EmbeddingService:
             return {"mode": "truncate", "max_seq_len": self.encoder.max_seq_len}
         return self.splitter.describe()
 
+    def tokens_read(self) -> int:
+        """Most tokens of one text that reach the model (overlaps counted once)."""
+        if self.splitter is None:
+            return self.encoder.max_seq_len
+        return self.splitter.tokens_read()
+
     def plan(self, texts: Sequence[str]) -> list[WindowPlan]:
         """How each text is read: whole, or as windows (always whole in truncate mode)."""
         if self.splitter is not None:

@@ -135,6 +135,11 @@ class WindowSplitter:
             "window_tokens": self.max_seq_len,
         }
 
+    def tokens_read(self) -> int:
+        """Most tokens of one text its windows read (special tokens once, overlaps once)."""
+        specials = len(self.prefix) + len(self.suffix)
+        return specials + self.content + (self.max_windows - 1) * self.stride
+
     def windows_needed(self, token_count: int) -> int:
         """Windows that cover `token_count` content tokens (1 when they fit in one pass)."""
         if token_count <= self.content:
