@@ -17,6 +17,7 @@ from api.routes import embed, heads, health, openai_compat, predict
 from bertheads.settings import Settings
 from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
 from embedder.batcher import MicroBatcher, worker_count
+from embedder.windows import estimated_chars
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -28,7 +29,9 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
     # encoder logs a warning saying why, and /health reports it (fallback_reason).
     encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
     cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
-    # Buckets cost a text's characters up to what truncation keeps (~8 per token at most).
+    # Buckets cost a text's characters up to what truncation keeps (~8 per token at most);
+    # the windows of long texts go through the same queue, costed by their tokens, so
+    # they share forward passes (and the queue's limit) with every other request's texts.
     longest = settings.embedder_max_seq_len * 8
     batcher = MicroBatcher(
         encoder.encode_raw,
@@ -36,11 +39,13 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         max_wait_ms=settings.batch_wait_ms,
         max_queue_texts=settings.queue_max_texts,
         max_bucket_texts=settings.embedder_batch_size,
-        length=lambda text: min(len(text), longest),
+        length=lambda item: min(estimated_chars(item), longest),
         workers=worker_count(settings.embedder_threads),
     )
     batcher.on_batch = metrics.batch_size.observe
-    service = EmbeddingService(encoder, cache, encode_raw=batcher.encode)
+    service = EmbeddingService(
+        encoder, cache, encode_raw=batcher.encode, **settings.long_text_options()
+    )
     return AppState(settings, encoder, service, cache, batcher, metrics)
 
 

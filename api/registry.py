@@ -471,6 +471,8 @@ class HeadRegistry:
             )
             check(cancel)
             encoder_info = self.service.encoder.describe()
+            if hasattr(self.service, "describe_long_texts"):  # how its long texts were read
+                encoder_info["long_texts"] = self.service.describe_long_texts()
             metadata = artifacts.build_metadata(trained, encoder_info, data_hashes or {})
             artifact = headfile.encode_head(
                 trained.estimator, trained.spec, trained.thresholds, encoder_info

@@ -139,3 +139,8 @@ class HealthResponse(BaseModel):
     head_problems: dict[str, str] = Field(
         default_factory=dict, description="Heads (or their live version) that cannot serve, why."
     )
+    long_texts: dict[str, str | int] = Field(
+        default_factory=dict,
+        description="How texts over max_seq_len tokens are read: mode truncate or windows "
+        "(with max_windows, overlap_tokens, window_tokens).",
+    )

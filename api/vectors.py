@@ -13,18 +13,14 @@ import redis
 
 from api.errors import InvalidInputError
 from embedder import EmbeddingService
-from embedder.cache import cache_key
 from embedder.service import EmbedResult
 
 logger = logging.getLogger(__name__)
 
 
 def _forget(service: EmbeddingService, texts: list[str]) -> None:
-    if service.cache is None:
-        return
-    raw_space = service.encoder.fingerprint(normalize=False)
     try:
-        service.cache.client.delete(*(cache_key(raw_space, text) for text in texts))
+        service.forget(texts)  # a long text read as windows: every window's entry
     except redis.RedisError as error:  # the cache is optional; the re-encode below still runs
         logger.warning("could not delete non-finite cached vectors: %s", error)
 

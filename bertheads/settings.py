@@ -90,6 +90,14 @@ class Settings(BaseSettings):
             "cache_dir": self.embedder_cache_dir,
         }
 
+    def long_text_options(self) -> dict[str, object]:
+        """Keyword arguments of `embedder.EmbeddingService` for texts over max_seq_len tokens."""
+        return {
+            "long_texts": self.long_texts,
+            "max_windows": self.long_text_max_windows,
+            "overlap_tokens": self.long_text_overlap_tokens,
+        }
+
     @property
     def binds_loopback(self) -> bool:
         """True when the configured bind address is reachable from this machine only."""

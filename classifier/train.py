@@ -68,6 +68,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--embed-url", help="embed through a running bertheads server, e.g. http://gpu-box:8000"
     )
+    parser.add_argument(
+        "--long-texts",
+        choices=["truncate", "windows"],
+        help="texts over max_seq_len tokens: cut, or read as overlapping windows pooled into "
+        "one vector (default: LONG_TEXTS; with --embed-url the server's setting applies)",
+    )
     parser.add_argument("--no-save", action="store_true", help="do not save the head")
     parser.add_argument("--mlflow", action="store_true", help="log the run to MLflow")
     parser.add_argument(
@@ -144,6 +150,12 @@ def _embedding_service(arguments: argparse.Namespace, settings: Any) -> tuple[An
     if arguments.embed_url:
         from embedder.remote import RemoteEmbeddingService
 
+        if arguments.long_texts:
+            raise _invalid(
+                "--long-texts: cannot be combined with --embed-url; the server reads long "
+                "texts as its LONG_TEXTS setting says"
+            )
+
         key = settings.api_key.get_secret_value() if settings.api_key else None
         remote = RemoteEmbeddingService(arguments.embed_url, api_key=key)
         info = remote.describe()
@@ -158,7 +170,11 @@ def _embedding_service(arguments: argparse.Namespace, settings: Any) -> tuple[An
     cache = EmbeddingCache(
         connect(arguments.redis_url or settings.redis_url), ttl_seconds=settings.cache_ttl_seconds
     )
-    return EmbeddingService(encoder, cache), encoder.describe()
+    long_texts = settings.long_text_options()
+    if arguments.long_texts:
+        long_texts["long_texts"] = arguments.long_texts
+    service = EmbeddingService(encoder, cache, **long_texts)
+    return service, {**encoder.describe(), "long_texts": service.describe_long_texts()}
 
 
 def _save(
@@ -435,6 +451,8 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     metrics["embedding"] = _embedding_summary(
         encoder_info, service, embedded, test_embedded, len(texts) + len(test_texts or [])
     )
+    if "long_texts" in encoder_info:
+        metrics["embedding"]["long_texts"] = encoder_info["long_texts"]
     metrics.update(trained.report)
     metrics["params"] = trained.params
     metrics.setdefault("features", trained.params.get("features", "embedding"))

@@ -13,6 +13,7 @@ from embedder.errors import InvalidConfigError
 from embedder.pooling import POOLINGS, l2_normalize
 from embedder.resolve import ResolvedModel, default_cache_dir, resolve_model
 from embedder.tokenization import BatchTokenizer, load_plain_tokenizer, model_max_length
+from embedder.windows import EncodeItem, TokenWindow, estimated_chars
 
 logger = logging.getLogger(__name__)
 
@@ -172,27 +173,57 @@ class Encoder:
             return 0
         return int((self.token_lengths(texts) > self.max_seq_len).sum())
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        ids, mask = self._batch_tokenizer(texts)
+    def _token_batch(self, items: list[EncodeItem]) -> tuple[np.ndarray, np.ndarray]:
+        """Padded (ids, mask) for texts (tokenised and cut here) and token windows alike."""
+        windows = [item for item in items if isinstance(item, TokenWindow)]
+        if not windows:
+            return self._batch_tokenizer(items)  # type: ignore[arg-type]
+        texts = [item for item in items if isinstance(item, str)]
+        text_ids, text_mask = self._batch_tokenizer(texts) if texts else (None, None)
+        width = max(
+            [len(window) for window in windows] + [0 if text_ids is None else text_ids.shape[1]]
+        )
+        ids = np.full((len(items), width), self._batch_tokenizer.pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), width), dtype=np.int64)
+        next_text = 0
+        for row, item in enumerate(items):
+            if isinstance(item, TokenWindow):
+                ids[row, : len(item)] = item.ids
+                mask[row, : len(item)] = 1
+            else:
+                ids[row, : text_ids.shape[1]] = text_ids[next_text]
+                mask[row, : text_ids.shape[1]] = text_mask[next_text]
+                next_text += 1
+        return ids, mask
+
+    def _encode_batch(self, items: list[EncodeItem]) -> np.ndarray:
+        ids, mask = self._token_batch(items)
         return self.backend(ids, mask, self.pooling)
 
     def encode_raw(
-        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+        self,
+        items: Sequence[EncodeItem],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """Encode without normalisation: the form the cache stores.
 
-        Texts are sorted by length so each batch pads little, then put back in order.
+        Items are texts (cut to max_seq_len tokens) or `TokenWindow`s (token ids, read as
+        they are), mixed freely: windows of many texts share forward passes with texts.
+        Items are sorted by length so each batch pads little, then put back in order.
         """
         size = batch_size or self.batch_size
-        texts = list(texts)
-        if not texts:
+        items = list(items)
+        if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         # Character length orders as well as token length here and costs nothing.
-        order = np.argsort([-len(text) for text in texts], kind="stable")
-        output = np.empty((len(texts), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(texts), desc="encoding", unit="text", disable=not progress)
-        for chosen in _length_groups(order, [len(text) for text in texts], size):
-            output[chosen] = self._encode_batch([texts[i] for i in chosen])
+        lengths = [estimated_chars(item) for item in items]
+        order = np.argsort([-length for length in lengths], kind="stable")
+        output = np.empty((len(items), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(items), desc="encoding", unit="text", disable=not progress)
+        for chosen in _length_groups(order, lengths, size):
+            output[chosen] = self._encode_batch([items[i] for i in chosen])
             bar.update(len(chosen))
         bar.close()
         return output

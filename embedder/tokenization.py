@@ -74,6 +74,7 @@ class BatchTokenizer:
         tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
         self._tokenizer = tokenizer
         self.max_seq_len = max_seq_len
+        self.pad_id = pad_id
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and attention mask, both (len(texts), longest) int64."""

@@ -12,9 +12,16 @@ from tests.conftest import make_settings
 
 @pytest.fixture
 def client(tmp_path, redis_url):
-    app = create_app(
-        make_settings(tmp_path, redis_url, max_batch=8, max_text_chars=200, embedder_max_seq_len=32)
+    # Texts over 32 tokens are cut here (truncate mode); tests/test_long_texts.py covers windows.
+    settings = make_settings(
+        tmp_path,
+        redis_url,
+        max_batch=8,
+        max_text_chars=200,
+        embedder_max_seq_len=32,
+        long_texts="truncate",
     )
+    app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 

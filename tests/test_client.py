@@ -198,7 +198,8 @@ def test_remote_embedding_service_uses_the_servers_cache(server, minilm):
     remote = RemoteEmbeddingService(server)
     try:
         texts = [f"remote service sentence {index}" for index in range(40)]
-        texts.append(" ".join(["a very long sentence"] * 60))  # over 128 tokens
+        # Over what 16 windows of 128 tokens read: truncated whatever LONG_TEXTS says.
+        texts.append(" ".join(["a very long sentence"] * 420))
         first = remote.embed(texts, progress=True)
         second = remote.embed(texts)
         normalized = remote.embed(texts[:3], normalize=True)

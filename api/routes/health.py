@@ -30,6 +30,7 @@ async def health(state: StateDep) -> dict:
         "default_head": default,
         "head_store": "up" if store_up else "down",
         "head_problems": registry.problems if registry else {},
+        "long_texts": state.service.describe_long_texts(),
     }
 
 

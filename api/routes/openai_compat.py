@@ -35,15 +35,17 @@ class OpenAIEmbeddingRequest(BaseModel):
 PREFIX_CHARS_PER_TOKEN = 12
 
 
-def prompt_tokens(encoder: Encoder, texts: list[str]) -> int:
-    """Tokens the encoder reads: each text's count, capped at max_seq_len.
+def prompt_tokens(encoder: Encoder, texts: list[str], cap: int | None = None) -> int:
+    """Tokens the encoder reads: each text's count, capped at `cap`.
 
-    Only a prefix of each long text is tokenised, cut at whitespace (so no word is split
-    differently than in the whole text): once the prefix reaches max_seq_len tokens the
-    text is over the cap and the rest needs no tokenising. A prefix that falls short
-    while the text goes on (a very long word, say) is counted whole.
+    `cap` defaults to max_seq_len; with long texts read as windows it is what the windows
+    cover (EmbeddingService.tokens_read). Only a prefix of each long text is tokenised,
+    cut at whitespace (so no word is split differently than in the whole text): once the
+    prefix reaches `cap` tokens the text is over the cap and the rest needs no tokenising.
+    A prefix that falls short while the text goes on (a very long word, say) is counted
+    whole.
     """
-    cap = encoder.max_seq_len
+    cap = cap or encoder.max_seq_len
     window = PREFIX_CHARS_PER_TOKEN * (cap + 1)
     prefixes = []
     for text in texts:
@@ -63,7 +65,7 @@ def prompt_tokens(encoder: Encoder, texts: list[str]) -> int:
 def _embed_and_count(service: EmbeddingService, texts: list[str]) -> tuple[EmbedResult, int]:
     """Runs in the thread pool: tokenising is CPU work the event loop must not wait for."""
     result = finite_embeddings(service, texts, field="input", count_truncated=False)
-    return result, prompt_tokens(service.encoder, texts)
+    return result, prompt_tokens(service.encoder, texts, service.tokens_read())
 
 
 def _model_matches(requested: str, model_id: str) -> bool:
