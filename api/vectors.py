@@ -9,11 +9,9 @@ finite vector is refused by name.
 import logging
 
 import numpy as np
-import redis
 
 from api.errors import InvalidInputError
 from embedder import EmbeddingService
-from embedder.cache import cache_key
 from embedder.service import EmbedResult
 
 logger = logging.getLogger(__name__)
@@ -22,11 +20,8 @@ logger = logging.getLogger(__name__)
 def _forget(service: EmbeddingService, texts: list[str]) -> None:
     if service.cache is None:
         return
-    raw_space = service.encoder.fingerprint(normalize=False)
-    try:
-        service.cache.client.delete(*(cache_key(raw_space, text) for text in texts))
-    except redis.RedisError as error:  # the cache is optional; the re-encode below still runs
-        logger.warning("could not delete non-finite cached vectors: %s", error)
+    # Best effort (one Redis or a cluster): the re-encode below runs whatever happens here.
+    service.cache.delete_many(service.encoder.fingerprint(normalize=False), texts)
 
 
 def finite_embeddings(
