@@ -360,7 +360,9 @@ class RedisStore(HeadStore):
                 pipeline.delete(key)
                 continue
             target = f"{trash}:{key.split('}:', 1)[1]}"
-            pipeline.rename(key, target)
+            # execute_command: redis-py blocks `rename` in cluster pipelines, though both
+            # names share the head's hash tag and so its slot.
+            pipeline.execute_command("RENAME", key, target)
             pipeline.expire(target, max(1, int(self.trash_retention_seconds)))
 
     def delete(self, name: str) -> str:
