@@ -8,6 +8,7 @@ master is tracked apart, so while one is down only its share of the keys is serv
 uncached, and the others keep hitting.
 """
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -20,7 +21,7 @@ import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 from embedder.errors import InvalidConfigError
@@ -36,6 +37,9 @@ CHUNK_KEYS = 1000
 CACHE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 # The whole cache (one Redis, or a cluster whose layout cannot be read) rather than a node.
 WHOLE = "*"
+# Keys whose cluster slot no master serves: misses, reported like a down node.
+UNSERVED = "unserved slots"
+SLOTS = 16384
 
 CacheClient = redis.Redis | RedisCluster
 Result = TypeVar("Result")
@@ -170,12 +174,17 @@ class EmbeddingCache:
             return None
         if WHOLE in down:
             return f"the embedding cache does not answer ({down[WHOLE][2]}); serving uncached"
-        kinds = ", ".join(sorted({kind for _, _, kind in down.values()}))
-        total = max(self._masters, len(down))
-        return (
-            f"{len(down)} of {total} cluster masters do not answer ({kinds}); "
-            "their share of the keys is served uncached"
-        )
+        parts = []
+        if down.pop(UNSERVED, None) is not None:
+            parts.append("some cluster slots are served by no master; their keys are uncached")
+        if down:
+            kinds = ", ".join(sorted({kind for _, _, kind in down.values()}))
+            total = max(self._masters, len(down))
+            parts.append(
+                f"{len(down)} of {total} cluster masters do not answer ({kinds}); "
+                "their share of the keys is served uncached"
+            )
+        return "; ".join(parts)
 
     @property
     def partly_up(self) -> bool:
@@ -199,6 +208,10 @@ class EmbeddingCache:
                     logger.warning(
                         "embedding cache is down, serving uncached: %s", _describe(error)
                     )
+                elif node == UNSERVED:
+                    logger.warning(
+                        "embedding cache: %s; their keys are served uncached", _describe(error)
+                    )
                 else:
                     logger.warning(
                         "embedding cache: cluster master %s is down, its keys are served "
@@ -221,6 +234,8 @@ class EmbeddingCache:
                 seconds = time.monotonic() - entry[0]
                 if name == WHOLE:
                     logger.warning("embedding cache is back after %.1f s", seconds)
+                elif name == UNSERVED:
+                    logger.warning("embedding cache: every cluster slot is served again")
                 else:
                     logger.warning(
                         "embedding cache: cluster master %s is back after %.1f s", name, seconds
@@ -254,6 +269,12 @@ class EmbeddingCache:
             answered += 1
         if masters and not answered:
             self._failed(RedisClusterException("no cluster master answers"))
+        elif UNSERVED in self._down and self._usable(UNSERVED):
+            self._reread_layout(client)
+            if len(client.nodes_manager.slots_cache) == SLOTS:
+                self._succeeded(UNSERVED)
+            else:
+                self._failed(SlotNotCoveredError("some slots are served by no master"), UNSERVED)
         return answered > 0
 
     # -- grouping keys by node --------------------------------------------------------------
@@ -270,9 +291,24 @@ class EmbeddingCache:
             self._masters = len(client.get_primaries())
         groups: dict[str, list[int]] = {}
         manager = client.nodes_manager
+        reread = False
         for position, key in enumerate(keys):
-            node = manager.get_node_from_slot(client.keyslot(key))
-            groups.setdefault(node.name, []).append(position)
+            slot = client.keyslot(key)
+            try:
+                name = manager.get_node_from_slot(slot).name
+            except SlotNotCoveredError as error:
+                name = UNSERVED
+                if not reread and self._usable(UNSERVED):
+                    # Due for a retry: the slot may be served again since it was seen unserved.
+                    reread = True
+                    self._reread_layout(client)
+                    with contextlib.suppress(SlotNotCoveredError):
+                        name = manager.get_node_from_slot(slot).name
+                if name == UNSERVED:
+                    self._failed(error, UNSERVED)
+            groups.setdefault(name, []).append(position)
+        if UNSERVED in self._down and UNSERVED not in groups and reread:
+            self._succeeded(UNSERVED)
         return groups
 
     def _per_node(
@@ -303,6 +339,8 @@ class EmbeddingCache:
         except CACHE_ERRORS as error:
             if len(usable) == 1:
                 self._failed(error, next(iter(usable)))
+                if isinstance(error, ClusterDownError):
+                    self._reread_layout(client)
                 return {}
         else:
             for node in usable:
@@ -314,9 +352,24 @@ class EmbeddingCache:
                 answers[node] = (positions, operation(client, positions))
             except CACHE_ERRORS as error:
                 self._failed(error, node)
+                if isinstance(error, ClusterDownError):
+                    self._reread_layout(client)
                 continue
             self._succeeded(node)
         return answers
+
+    @staticmethod
+    def _reread_layout(client: CacheClient) -> None:
+        """Re-read which master serves which slot (a slot no longer served, a failover).
+
+        redis-py does not after a CLUSTERDOWN inside a pipeline, nor when a slot it found
+        unserved is served again.
+        """
+        if isinstance(client, RedisCluster):
+            try:
+                client.nodes_manager.initialize()
+            except CACHE_ERRORS as error:
+                logger.debug("cluster layout not re-read: %s", error)
 
     # -- reading and writing ------------------------------------------------------------------
 

@@ -113,7 +113,9 @@ class LocalCluster:
         finally:
             client.close()
         state = info.get("cluster_state") if isinstance(info, dict) else None
-        return state == "ok" and len({tuple(entry[2][:2]) for entry in slots}) == len(self.nodes)
+        covered = sum(end - start + 1 for start, end, *_ in slots)
+        masters = {tuple(entry[2][:2]) for entry in slots}
+        return state == "ok" and covered == 16384 and len(masters) == len(self.nodes)
 
     def node_of_slot(self, slot: int) -> ClusterNodeProcess:
         """The master serving `slot` now."""
