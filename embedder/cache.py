@@ -14,14 +14,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from embedder.errors import InvalidConfigError
@@ -40,6 +47,12 @@ WHOLE = "*"
 # Keys whose cluster slot no master serves: misses, reported like a down node.
 UNSERVED = "unserved slots"
 SLOTS = 16384
+
+# Answers that mean "this slot is moving or moved": redis-py's cluster client follows them.
+REDIRECTIONS = (MovedError, AskError, TryAgainError)
+
+# Failures after which the slot map is read again: a failover may have moved the slots.
+RELAYOUT_ERRORS = (ClusterDownError, redis.ConnectionError, redis.TimeoutError)
 
 CacheClient = redis.Redis | RedisCluster
 Result = TypeVar("Result")
@@ -339,7 +352,7 @@ class EmbeddingCache:
         except CACHE_ERRORS as error:
             if len(usable) == 1:
                 self._failed(error, next(iter(usable)))
-                if isinstance(error, ClusterDownError):
+                if isinstance(error, RELAYOUT_ERRORS):
                     self._reread_layout(client)
                 return {}
         else:
@@ -352,11 +365,48 @@ class EmbeddingCache:
                 answers[node] = (positions, operation(client, positions))
             except CACHE_ERRORS as error:
                 self._failed(error, node)
-                if isinstance(error, ClusterDownError):
+                if isinstance(error, RELAYOUT_ERRORS):
                     self._reread_layout(client)
                 continue
             self._succeeded(node)
         return answers
+
+    @staticmethod
+    def _cluster_mget(client: RedisCluster, keys: list[str]) -> list[bytes | None]:
+        """One MGET per slot, in one plain pipeline per master, redirections left to redis-py.
+
+        redis-py's cluster pipeline spends about 0.1 ms of Python per command (a 16-text
+        request is 16 slots); a plain pipeline on the master's own connection pool costs a
+        tenth of that. A slot that moved or is moving (MOVED, ASK, TRYAGAIN) is read again
+        through `mget_nonatomic`, which follows the redirection and updates the slot map.
+        """
+        manager = client.nodes_manager
+        by_node: dict[str, tuple[Any, dict[int, list[int]]]] = {}
+        for position, key in enumerate(keys):
+            slot = client.keyslot(key)
+            node = manager.get_node_from_slot(slot)
+            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(position)
+        values: list[bytes | None] = [None] * len(keys)
+        redirected: list[int] = []
+        for node, slots in by_node.values():
+            pipe = client.get_redis_connection(node).pipeline(transaction=False)
+            for positions in slots.values():
+                pipe.mget([keys[position] for position in positions])
+            for positions, answer in zip(
+                slots.values(), pipe.execute(raise_on_error=False), strict=True
+            ):
+                if isinstance(answer, REDIRECTIONS):
+                    redirected.extend(positions)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    for position, value in zip(positions, answer, strict=True):
+                        values[position] = value
+        if redirected:
+            found = client.mget_nonatomic([keys[position] for position in redirected])
+            for position, value in zip(redirected, found, strict=True):
+                values[position] = value
+        return values
 
     @staticmethod
     def _reread_layout(client: CacheClient) -> None:
@@ -389,7 +439,7 @@ class EmbeddingCache:
             for start in range(0, len(wanted), CHUNK_KEYS):
                 chunk = wanted[start : start + CHUNK_KEYS]
                 if isinstance(client, RedisCluster):
-                    values.extend(client.mget_nonatomic(chunk))
+                    values.extend(self._cluster_mget(client, chunk))
                 else:
                     values.extend(client.mget(chunk))
             return values
