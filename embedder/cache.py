@@ -71,6 +71,16 @@ def cache_key(fingerprint: str, text: str) -> str:
     return f"{KEY_PREFIX}:{fingerprint}:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
 
 
+def check_cluster_url(url: str) -> None:
+    """Refuse a cluster URL naming a database other than 0 (InvalidConfigError)."""
+    path = urlsplit(url).path.strip("/")
+    if path not in ("", "0"):
+        raise InvalidConfigError(
+            f"REDIS_URL: a Redis Cluster has only database 0, the URL names /{path}; "
+            "end it with /0 or with the port"
+        )
+
+
 def connect(url: str, *, cluster: bool = False, timeout: float = 0.5) -> CacheClient:
     """A client with short timeouts, so a dead server costs milliseconds, not seconds.
 
@@ -87,12 +97,7 @@ def connect(url: str, *, cluster: bool = False, timeout: float = 0.5) -> CacheCl
         return redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
         )
-    path = urlsplit(url).path.strip("/")
-    if path not in ("", "0"):
-        raise InvalidConfigError(
-            f"REDIS_URL: a Redis Cluster has only database 0, the URL names /{path}; "
-            "end it with /0 or with the port"
-        )
+    check_cluster_url(url)
     return RedisCluster.from_url(
         url,
         socket_timeout=timeout,
@@ -114,6 +119,7 @@ def open_cache(
     So a cluster that is down when the service starts does not stop it from starting.
     """
     if cluster:
+        check_cluster_url(url)  # a wrong setting stops the start, not the first request
         return EmbeddingCache(lambda: connect(url, cluster=True), ttl_seconds)
     return EmbeddingCache(connect(url), ttl_seconds)
 

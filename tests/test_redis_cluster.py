@@ -275,7 +275,7 @@ def test_a_cluster_url_must_name_db_0(tmp_path):
 
     settings = make_settings(tmp_path, "redis://127.0.0.1:7000/3", redis_cluster=True)
     with pytest.raises(InvalidConfigError, match="only database 0"):
-        embedding_cache(settings).client  # noqa: B018 - the client is made on first use
+        embedding_cache(settings)  # at start, not at the first request
 
 
 def test_train_cli_embeds_through_the_cluster(cluster, tmp_path):
@@ -349,6 +349,11 @@ def test_head_store_on_a_cluster_versions_locks_and_deletes(cluster, noeviction,
     finally:
         store.close()
         other.close()
+
+
+def test_head_store_cluster_url_must_name_db_0():
+    with pytest.raises(HeadStoreConfigError, match="only database 0"):
+        RedisStore("redis://127.0.0.1:7000/2", cluster=True)
 
 
 def test_head_store_cluster_down_is_unavailable_not_a_crash(tmp_path):

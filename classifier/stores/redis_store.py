@@ -116,6 +116,10 @@ class RedisStore(HeadStore):
         if client is None:
             if url is None:
                 raise ValueError("RedisStore needs a url or a client")
+            if cluster and urlsplit(url).path.strip("/") not in ("", "0"):
+                raise HeadStoreConfigError(
+                    "HEAD_STORE: a Redis Cluster has only database 0; end the URL with /0"
+                )
             if not cluster:
                 self._client = redis.Redis.from_url(url, **options)
         self._client_lock = threading.Lock()
