@@ -398,3 +398,29 @@ def test_api_serves_heads_from_a_cluster_head_store(cluster, noeviction, tmp_pat
         victim.start()
         cluster.wait_ok()
         wait_until(lambda: client.get("/health").json()["head_store"] == "up")
+
+
+def test_copy_a_folder_into_a_cluster_head_store(cluster, noeviction, tmp_path):
+    from classifier.artifacts import load_head, save_head
+    from classifier.stores.__main__ import main as stores_tool
+    from classifier.stores.folder import FolderStore
+    from classifier.training import train_head
+
+    features = np.random.default_rng(0).normal(size=(120, 6)).astype(np.float32)
+    labels = np.where(features[:, 0] > 0, "up", "down").tolist()
+    folder = FolderStore(tmp_path / "models")
+    for seed in range(2):
+        trained = train_head(features, labels, test_size=0, seed=seed)
+        save_head(trained, folder, "h", {"fingerprint": "f", "dim": 6})
+    folder.set_live("h", 1, "rollback")
+    code = stores_tool(["copy", str(tmp_path / "models"), cluster.url, "--target-cluster"])
+    assert code == 0
+    target = RedisStore(cluster.url, cluster=True)
+    try:
+        assert target.versions("h") == [1, 2] and target.live_version("h") == 1
+        np.testing.assert_allclose(
+            load_head(target, "h").predict_proba(features),
+            load_head(folder, "h").predict_proba(features),
+        )
+    finally:
+        target.close()
