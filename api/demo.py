@@ -18,21 +18,19 @@ from bertheads.settings import Settings
 def train_demo_head(settings: Settings, *, force: bool = False) -> dict[str, Any] | None:
     """Train `demo` and publish it as a live version; None when it exists and not `force`."""
     from api.registry import DEMO_DATA, DEMO_HEAD, DEMO_OPTIONS
+    from bertheads.connections import embedding_cache, head_store
     from classifier import artifacts, headfile
     from classifier.data import file_sha256, read_labelled
-    from classifier.stores import open_store
     from classifier.training import train_head
-    from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
+    from embedder import EmbeddingService, load_encoder
 
-    store = open_store(
-        settings.head_store_location, trash_retention_seconds=settings.trash_retention_seconds
-    )
+    store = head_store(settings)
     try:
         if store.versions(DEMO_HEAD) and not force:
             return None
         texts, labels = read_labelled(DEMO_DATA)
         encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
-        cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
+        cache = embedding_cache(settings)
         vectors = EmbeddingService(encoder, cache).embed(texts, progress=True).vectors
         trained = train_head(vectors, labels, **DEMO_OPTIONS)
         info = encoder.describe()

@@ -14,8 +14,9 @@ from api.errors import NotFoundError, install_error_handlers
 from api.metrics import Metrics
 from api.middleware import ServiceMiddleware, configure_logging
 from api.routes import embed, heads, health, openai_compat, predict
+from bertheads.connections import embedding_cache, redacted
 from bertheads.settings import Settings
-from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
+from embedder import EmbeddingService, load_encoder
 from embedder.batcher import MicroBatcher, worker_count
 from embedder.windows import estimated_chars
 
@@ -28,7 +29,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
     # A backend that fails the fidelity gate on this CPU is replaced by torch fp32: the
     # encoder logs a warning saying why, and /health reports it (fallback_reason).
     encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
-    cache = EmbeddingCache(connect(settings.redis_url), settings.cache_ttl_seconds)
+    cache = embedding_cache(settings)
     # Buckets cost a text's characters up to what truncation keeps (~8 per token at most);
     # the windows of long texts go through the same queue, costed by their tokens, so
     # they share forward passes (and the queue's limit) with every other request's texts.
@@ -68,7 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await run_in_threadpool(_build_state, settings, metrics)
         state.batcher.start()
         if not state.cache.ping():
-            logger.warning("Redis at %s does not answer; serving uncached", settings.redis_url)
+            logger.warning(
+                "Redis%s at %s does not answer; serving uncached",
+                " Cluster" if settings.redis_cluster else "",
+                redacted(settings.redis_url),
+            )
         state.registry = HeadRegistry.from_settings(settings, state.service, metrics)
         await run_in_threadpool(state.registry.start)
         app.state.bertheads = state
@@ -80,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.registry.stop()
             state.batcher.stop()
-            state.cache.client.close()
+            state.cache.close()
 
     app = FastAPI(
         title="bertheads",

@@ -35,7 +35,7 @@ from classifier.errors import (
     TooManyHeadsError,
 )
 from classifier.loaded import LoadedHead
-from classifier.stores import HeadStore, check_name, open_store
+from classifier.stores import HeadStore, check_name
 from embedder import EmbeddingService
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,9 @@ class HeadRegistry:
         cls, settings: Settings, service: EmbeddingService, metrics: Metrics
     ) -> "HeadRegistry":
         """Build the registry the API uses (HEAD_STORE, or the MODELS_DIR folder)."""
-        store = open_store(
-            settings.head_store_location,
-            trash_retention_seconds=settings.trash_retention_seconds,
-        )
+        from bertheads.connections import head_store
+
+        store = head_store(settings)
         key = settings.heads_signing_key.get_secret_value() if settings.heads_signing_key else ""
         return cls(
             store,

@@ -132,7 +132,13 @@ class HealthResponse(BaseModel):
         "fidelity gate on this machine); null when it is."
     )
     device: Literal["cpu", "cuda"]
-    cache: Literal["up", "down"]
+    cache: Literal["up", "degraded", "down"] = Field(
+        description="degraded: some Redis Cluster masters do not answer; their keys are "
+        "served uncached."
+    )
+    cache_problem: str | None = Field(
+        None, description="What part of the cache is down and why; null while it all answers."
+    )
     heads: list[str]
     default_head: str | None
     head_store: Literal["up", "down"] = "up"

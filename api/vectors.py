@@ -9,7 +9,6 @@ finite vector is refused by name.
 import logging
 
 import numpy as np
-import redis
 
 from api.errors import InvalidInputError
 from embedder import EmbeddingService
@@ -19,10 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def _forget(service: EmbeddingService, texts: list[str]) -> None:
-    try:
-        service.forget(texts)  # a long text read as windows: every window's entry
-    except redis.RedisError as error:  # the cache is optional; the re-encode below still runs
-        logger.warning("could not delete non-finite cached vectors: %s", error)
+    # Best effort (one Redis or a cluster): the re-encode below runs whatever happens here.
+    service.forget(texts)  # a long text read as windows: every window's entry
 
 
 def finite_embeddings(

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     # -- Redis: the embedding cache (evicting) ---------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL names any node of a Redis Cluster (database 0); keys spread over every master.
     redis_cluster: bool = False
     cache_ttl_seconds: int | None = Field(None, ge=1)
 
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     # Where heads live: a folder path (default: MODELS_DIR) or a Redis URL
     # (redis://host:6379/2) of a NON-evicting instance shared by replicas on many machines.
     head_store: str | None = None
+    # HEAD_STORE (a redis:// URL) names any node of a non-evicting Redis Cluster.
+    head_store_cluster: bool = False
     models_dir: Path = REPO_ROOT / "models"
     head_poll_seconds: float = Field(0.5, gt=0)
     heads_signing_key: SecretStr | None = None

@@ -164,12 +164,11 @@ def _embedding_service(arguments: argparse.Namespace, settings: Any) -> tuple[An
                 f"--model {arguments.model!r} differs from the server's model {info['model']!r}"
             )
         return remote, info
-    from embedder import EmbeddingCache, EmbeddingService, connect, load_encoder
+    from bertheads.connections import embedding_cache
+    from embedder import EmbeddingService, load_encoder
 
     encoder = load_encoder(arguments.model or settings.embedder_model, **settings.encoder_options())
-    cache = EmbeddingCache(
-        connect(arguments.redis_url or settings.redis_url), ttl_seconds=settings.cache_ttl_seconds
-    )
+    cache = embedding_cache(settings, arguments.redis_url)
     long_texts = settings.long_text_options()
     if arguments.long_texts:
         long_texts["long_texts"] = arguments.long_texts
@@ -192,11 +191,10 @@ def _save(
     A copy of the saved files (artifact and sidecar, plain arrays and JSON) goes to
     `<out>/head/`, so --mlflow logs the head as it is served.
     """
+    from bertheads.connections import head_store
     from classifier.artifacts import save_head
-    from classifier.stores import open_store
 
-    location = arguments.head_store or arguments.models_dir or settings.head_store_location
-    store = open_store(location, trash_retention_seconds=settings.trash_retention_seconds)
+    store = head_store(settings, arguments.head_store or arguments.models_dir)
     key = settings.heads_signing_key.get_secret_value() if settings.heads_signing_key else ""
     try:
         record = save_head(

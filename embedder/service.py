@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedder.cache import EmbeddingCache, cache_key
+from embedder.cache import EmbeddingCache
 from embedder.encoder import Encoder
 from embedder.errors import InvalidConfigError
 from embedder.pooling import l2_normalize
@@ -251,23 +251,22 @@ class EmbeddingService:
     def forget(self, texts: Sequence[str]) -> None:
         """Delete the cached entries `embed` would read for `texts` (their windows too).
 
-        For entries found to be bad (e.g. not finite). Raises redis.RedisError.
+        For entries found to be bad (e.g. not finite); best effort like every cache write.
         """
         if self.cache is None or not texts:
             return
         raw_space = self.encoder.fingerprint(normalize=False)
-        keys = []
+        by_space: dict[str, list[str]] = {}
         for text, plan in zip(texts, self.plan(texts), strict=True):
             if plan.long:
-                space = window_space(raw_space)
-                keys.extend(cache_key(space, window.cache_text()) for window in plan.windows)
+                by_space.setdefault(window_space(raw_space), []).extend(
+                    window.cache_text() for window in plan.windows
+                )
             else:
-                keys.append(cache_key(raw_space, text))
-        # One DELETE per key in a pipeline: keys of many hash slots, so it works on a cluster.
-        pipe = self.cache.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(key)
-        pipe.execute()
+                by_space.setdefault(raw_space, []).append(text)
+        # Best effort, per node on a cluster: the cache decides how to reach each key.
+        for space, cache_texts in by_space.items():
+            self.cache.delete_many(space, cache_texts)
 
     def _store(self, items: list[EncodeItem], vectors: np.ndarray) -> None:
         """Write texts under their text key and windows under their ids, each in its space."""

@@ -121,6 +121,43 @@ def test_dead_redis_degrades_to_uncached(minilm, spare_redis):
     np.testing.assert_array_equal(result.vectors, minilm.encode(TEXTS))
 
 
+def test_reads_and_writes_go_in_chunks_of_chunk_keys(spare_redis):
+    """2,500 keys: three MGETs and three pipelines, never one request of 2,500 keys."""
+    from embedder.cache import CHUNK_KEYS
+
+    client = connect(spare_redis.url)
+    cache = EmbeddingCache(client)
+    texts = [f"text {index}" for index in range(2 * CHUNK_KEYS + 500)]
+    vectors = np.random.default_rng(0).random((len(texts), 8), dtype=np.float32)
+    client.config_resetstat()
+    cache.set_many("space", texts, vectors)
+    found = cache.get_many("space", texts, 8)
+    assert cache.exists_many("space", texts).all()
+    np.testing.assert_array_equal(np.stack(found), vectors)
+    stats = client.info("commandstats")
+    assert stats["cmdstat_mget"]["calls"] == 3
+    assert stats["cmdstat_set"]["calls"] == len(texts)
+    assert stats["cmdstat_exists"]["calls"] == len(texts)
+    # The slow log keeps the argument count of each command: no MGET above CHUNK_KEYS keys.
+    client.config_set("slowlog-log-slower-than", 0)
+    client.slowlog_reset()
+    cache.get_many("space", texts, 8)
+    lengths = [
+        slowlog_arguments(entry["command"])
+        for entry in client.slowlog_get(128)
+        if entry["command"].startswith(b"MGET")
+    ]
+    assert sorted(lengths) == [500, CHUNK_KEYS, CHUNK_KEYS]
+
+
+def slowlog_arguments(command: bytes) -> int:
+    """Arguments of a slow-log entry: it shows 31 and then "... (N more arguments)"."""
+    words = command.split()
+    if words[-1] == b"arguments)":
+        return len(words) - 1 - 4 + int(words[-3].lstrip(b"("))
+    return len(words) - 1
+
+
 def test_batcher_returns_each_callers_rows_in_order(minilm):
     from concurrent.futures import ThreadPoolExecutor
 

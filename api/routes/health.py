@@ -12,20 +12,23 @@ router = APIRouter(tags=["operations"])
 @router.get("/health", response_model=HealthResponse)
 async def health(state: StateDep) -> dict:
     """Model, vector space, cache, head store and heads; `degraded` while a store is down."""
-    cache_up = await run_in_threadpool(state.cache.ping)
+    answers = await run_in_threadpool(state.cache.ping)
+    # A cluster with some masters down still answers for the others' keys: "degraded".
+    cache = "up" if answers and state.cache.up else "degraded" if answers else "down"
     registry = state.registry
     heads = registry.names() if registry else []
     default = state.settings.default_head if state.settings.default_head in heads else None
     store_up = registry is None or registry.store_error is None
     return {
-        "status": "ok" if cache_up and store_up else "degraded",
+        "status": "ok" if cache == "up" and store_up else "degraded",
         "model": state.encoder.model_id,
         "dim": state.encoder.dim,
         "fingerprint": state.encoder.fingerprint(),
         "backend": state.encoder.backend_name,
         "fallback_reason": state.encoder.fallback_reason,
         "device": state.encoder.device,
-        "cache": "up" if cache_up else "down",
+        "cache": cache,
+        "cache_problem": state.cache.problem,
         "heads": heads,
         "default_head": default,
         "head_store": "up" if store_up else "down",

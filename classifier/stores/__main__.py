@@ -6,9 +6,10 @@
     sign [STORE]                  add HEADS_SIGNING_KEY's HMAC to every version whose
                                   checksum verifies (before turning the key on)
 
-STORE defaults to HEAD_STORE (or MODELS_DIR). Joblib heads are skipped: convert them first
-with `python -m classifier.legacy convert MODELS_DIR`. Exit 0 when every version was
-handled, 1 when some were skipped, 2 on bad usage.
+STORE defaults to HEAD_STORE (or MODELS_DIR); a redis:// STORE is a cluster node with
+HEAD_STORE_CLUSTER=true, and copy takes --source-cluster / --target-cluster. Joblib heads
+are skipped: convert them first with `python -m classifier.legacy convert MODELS_DIR`.
+Exit 0 when every version was handled, 1 when some were skipped, 2 on bad usage.
 """
 
 import argparse
@@ -98,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     copying.add_argument("source")
     copying.add_argument("target")
     copying.add_argument("--head", action="append", help="only this head (repeatable)")
+    copying.add_argument("--source-cluster", action="store_true", help="SOURCE: a cluster node")
+    copying.add_argument("--target-cluster", action="store_true", help="TARGET: a cluster node")
     signing = commands.add_parser("sign", help="sign every version with HEADS_SIGNING_KEY")
     signing.add_argument("store", nargs="?")
     arguments = parser.parse_args(argv)
+    from bertheads.connections import head_store
     from bertheads.settings import Settings
 
     settings = Settings()
@@ -108,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[str] = []
     try:
         if arguments.command == "list":
-            store = open_store(arguments.store or settings.head_store_location)
+            store = head_store(settings, arguments.store)
             print("\n".join(list_store(store)) or "no heads")
             return 0
         if arguments.command == "copy":
             done, skipped = copy_heads(
-                open_store(arguments.source), open_store(arguments.target), arguments.head
+                open_store(arguments.source, cluster=arguments.source_cluster),
+                open_store(arguments.target, cluster=arguments.target_cluster),
+                arguments.head,
             )
         else:
             key = (
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             if not key:
                 print("error: set HEADS_SIGNING_KEY to sign heads", file=sys.stderr)
                 return 2
-            store = open_store(arguments.store or settings.head_store_location)
+            store = head_store(settings, arguments.store)
             done, skipped = sign_heads(store, key.encode())
     except ClassifierError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,8 +6,13 @@ a TTL that `volatile-*` policies may evict. Use a Redis of its own with
 At start the store reads `maxmemory-policy` where CONFIG is allowed: `allkeys-*` is
 refused (HeadStoreConfigError), `volatile-*` is logged as a warning.
 
-Keys (the `{name}` hash tag puts one head's keys in one cluster slot, so each change is
-one MULTI/EXEC):
+On a Redis Cluster (`cluster=True`, HEAD_STORE_CLUSTER=true, HEAD_STORE naming any node)
+the same keys work: the `{name}` hash tag puts one head's keys in one slot, so each change
+is one MULTI/EXEC on one master and the lock, the version counter and the versions share
+it; the names set and the change stamp live in other slots and are written outside the
+transaction (a reader skips a name without versions; a missed stamp is caught by a rescan).
+
+Keys:
 
     bertheads:heads:names                  set of head names
     bertheads:heads:changes                change stamp (INCR on every change)
@@ -30,6 +35,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException
 
 from classifier.errors import (
     CorruptHeadError,
@@ -48,7 +55,11 @@ PREFIX = "bertheads:heads"
 NAMES = f"{PREFIX}:names"
 CHANGES = f"{PREFIX}:changes"
 LOCK_TTL_SECONDS = 30.0
+# Errors of a cluster client that are not redis.RedisError (SlotNotCoveredError, no
+# reachable node, CrossSlotTransactionError): the store is as unavailable as on a timeout.
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 Result = TypeVar("Result")
+StoreClient = redis.Redis | RedisCluster
 
 
 def _key(name: str, *parts: object) -> str:
@@ -74,6 +85,9 @@ class RedisStore(HeadStore):
         url: redis://[:password@]host:port/db (rediss:// for TLS).
         trash_retention_seconds: Expiry of deleted heads' and pruned versions' keys.
         client: An existing client instead of `url` (tests, embedding in other tools).
+        cluster: `url` names a node of a Redis Cluster (db 0). The cluster client is made
+            at first use, so a cluster that is down at start is reported like a down
+            Redis (HeadStoreUnavailableError), not a crash.
         check_policy: Read maxmemory-policy now and refuse an allkeys-* instance.
         lock_ttl_seconds: A lock's TTL; renewed every third of it while held, so a
             crashed holder frees the head after at most this long.
@@ -85,31 +99,62 @@ class RedisStore(HeadStore):
         url: str | None = None,
         *,
         trash_retention_seconds: float = 7 * 24 * 3600,
-        client: redis.Redis | None = None,
+        client: StoreClient | None = None,
+        cluster: bool = False,
         check_policy: bool = True,
         lock_ttl_seconds: float = LOCK_TTL_SECONDS,
     ) -> None:
+        options: dict[str, Any] = {
+            "socket_timeout": 5,
+            "socket_connect_timeout": 3,
+            "health_check_interval": 30,
+        }
+        self._client: StoreClient | None = client
+        self._url = url
+        self._options = options
+        self.cluster = cluster or isinstance(client, RedisCluster)
         if client is None:
             if url is None:
                 raise ValueError("RedisStore needs a url or a client")
-            client = redis.Redis.from_url(
-                url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
-            )
-        self.client = client
+            if cluster and urlsplit(url).path.strip("/") not in ("", "0"):
+                raise HeadStoreConfigError(
+                    "HEAD_STORE: a Redis Cluster has only database 0; end the URL with /0"
+                )
+            if not cluster:
+                self._client = redis.Redis.from_url(url, **options)
+        self._client_lock = threading.Lock()
         self.location = redacted(url) if url else repr(client)
         self.trash_retention_seconds = trash_retention_seconds
         self.lock_ttl_seconds = lock_ttl_seconds
         if check_policy:
             self.check_eviction_policy()
 
+    @property
+    def client(self) -> StoreClient:
+        """The client; a cluster client is made at first use (raises until a node answers)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    assert self._url is not None
+                    self._client = RedisCluster.from_url(self._url, **self._options)
+        return self._client
+
     def close(self) -> None:
         """Close the connection pool."""
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
     def _call(self, what: str, action: Callable[[], Result]) -> Result:
         try:
             return action()
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except (redis.ConnectionError, redis.TimeoutError, ClusterError) as error:
+            # ClusterError: CLUSTERDOWN, a master down, or redirections that never settle.
+            raise HeadStoreUnavailableError(
+                f"the head store does not answer while {what} ({type(error).__name__})"
+            ) from None
+        except RedisClusterException as error:
+            # Not a RedisError: no node reachable, a slot nobody serves.
+            logger.warning("head store cluster error while %s: %s", what, error)
             raise HeadStoreUnavailableError(
                 f"the head store does not answer while {what} ({type(error).__name__})"
             ) from None
@@ -132,7 +177,7 @@ class RedisStore(HeadStore):
     def check_eviction_policy(self) -> str | None:
         """maxmemory-policy of the instance; allkeys-* raises, volatile-* warns."""
         try:
-            policy = str(self.client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+            policy = self._policy()
         except redis.ResponseError:
             logger.warning(
                 "head store %s: CONFIG is not allowed, so its eviction policy cannot be "
@@ -140,7 +185,7 @@ class RedisStore(HeadStore):
                 self.location,
             )
             return None
-        except redis.RedisError as error:
+        except STORE_ERRORS as error:
             logger.warning(
                 "head store %s does not answer (%s); its eviction policy is not checked",
                 self.location,
@@ -161,6 +206,23 @@ class RedisStore(HeadStore):
                 policy,
             )
         return policy
+
+    def _policy(self) -> str:
+        """maxmemory-policy; on a cluster every master's, the most evicting one first."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+        policies = {
+            str(
+                client.config_get("maxmemory-policy", target_nodes=node).get("maxmemory-policy", "")
+            )
+            for node in client.get_primaries()
+        }
+        for prefix in ("allkeys", "volatile", ""):
+            for policy in sorted(policies):
+                if policy.startswith(prefix):
+                    return policy
+        return ""
 
     # -- reading ------------------------------------------------------------------------
 
@@ -230,7 +292,7 @@ class RedisStore(HeadStore):
 
     def _changed(self) -> None:
         # Outside the head's MULTI (another slot); replicas that miss it catch up on a rescan.
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*STORE_ERRORS):
             self.client.incr(CHANGES)
 
     def save(
@@ -267,9 +329,9 @@ class RedisStore(HeadStore):
                     pipeline.set(_key(name, "meta", version), json.dumps(document).encode())
                     pipeline.zadd(_key(name, "versions"), {str(version): version})
                     pipeline.execute()
-            except redis.RedisError:
+            except STORE_ERRORS:
                 if wanted is not None:  # free the claimed number again
-                    with contextlib.suppress(redis.RedisError):
+                    with contextlib.suppress(*STORE_ERRORS):
                         self.client.delete(_key(name, "meta", version))
                 raise
             return version
@@ -302,7 +364,9 @@ class RedisStore(HeadStore):
                 pipeline.delete(key)
                 continue
             target = f"{trash}:{key.split('}:', 1)[1]}"
-            pipeline.rename(key, target)
+            # execute_command: redis-py blocks `rename` in cluster pipelines, though both
+            # names share the head's hash tag and so its slot.
+            pipeline.execute_command("RENAME", key, target)
             pipeline.expire(target, max(1, int(self.trash_retention_seconds)))
 
     def delete(self, name: str) -> str:
@@ -354,11 +418,14 @@ class RedisStore(HeadStore):
     def lock(self, name: str, wait_seconds: float) -> Iterator[None]:
         """A Redis lock with a TTL, renewed by a thread while held (a crashed holder frees it)."""
         check_name(name)
-        lock = self.client.lock(
-            _key(name, "lock"),
-            timeout=self.lock_ttl_seconds,
-            blocking_timeout=wait_seconds,
-            thread_local=False,
+        lock = self._call(
+            f"locking head {name!r}",
+            lambda: self.client.lock(
+                _key(name, "lock"),
+                timeout=self.lock_ttl_seconds,
+                blocking_timeout=wait_seconds,
+                thread_local=False,
+            ),
         )
         acquired = self._call(f"locking head {name!r}", lock.acquire)
         if not acquired:
@@ -372,7 +439,7 @@ class RedisStore(HeadStore):
             while not stop.wait(self.lock_ttl_seconds / 3):
                 try:
                     lock.reacquire()
-                except redis.RedisError as error:
+                except STORE_ERRORS as error:
                     logger.warning("head %r: lock renewal failed (%s)", name, error)
 
         renewer = threading.Thread(target=renew, name=f"head-lock-{name}", daemon=True)
@@ -382,5 +449,5 @@ class RedisStore(HeadStore):
         finally:
             stop.set()
             renewer.join()
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(*STORE_ERRORS):
                 lock.release()
