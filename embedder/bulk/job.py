@@ -367,9 +367,13 @@ def _explained(error: Exception) -> Exception:
     """The cause a user can act on, from under Ray's wrappers."""
     from embedder.bulk.source import BulkInputError
 
-    seen: Exception | None = error
+    seen: BaseException | None = error
     while seen is not None:
+        cause = getattr(seen, "cause", None)  # a RayTaskError carries the task's own exception
+        if isinstance(cause, BaseException) and cause is not seen:
+            seen = cause
+            continue
         if isinstance(seen, RedisUnavailableError | BulkInputError | BulkJobError):
-            return BulkJobError(str(seen).splitlines()[-1] if "\n" in str(seen) else str(seen))
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+            return BulkJobError(str(seen))
+        seen = seen.__cause__ or seen.__context__
     return error
