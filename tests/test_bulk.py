@@ -158,7 +158,9 @@ def test_a_killed_run_restarted_finishes_with_the_same_vectors(
     command = [sys.executable, "-m", "embedder.bulk", "--data", str(data), "--redis-url", bulk_url]
     command += ["--backend", "torch", "--ray-address", local_ray, "--actors", "1"]
     command += ["--batch-size", "32", "--no-progress"]
-    first = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE)
+    first = subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while client.dbsize() < 64 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
