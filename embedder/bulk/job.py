@@ -81,6 +81,16 @@ class BulkReport:
     actor_texts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     actor_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     output_rows: int | None = None
+    # Texts finished after the first batch came back, and over how long: the rate once the
+    # actors are loaded, without their start-up (which a long job amortises).
+    texts_after_first_batch: int = 0
+    seconds_after_first_batch: float = 0.0
+
+    def streaming_rate(self) -> float:
+        """Texts/s of the whole pool between its first and last batch (0 if one batch)."""
+        if self.seconds_after_first_batch <= 0:
+            return 0.0
+        return self.texts_after_first_batch / self.seconds_after_first_batch
 
     def actor_rates(self) -> dict[str, float]:
         """Texts encoded per busy second, per actor."""
@@ -333,8 +343,14 @@ def _encode(
         disable=not options.progress,
     )
     failed_hashes: dict[str, str] = {}
+    first_batch_at: float | None = None
     for batch in encoded.iter_batches(batch_format="numpy", batch_size=None):
         status = batch["status"]
+        if first_batch_at is None:
+            first_batch_at = time.perf_counter()
+        else:
+            report.texts_after_first_batch += len(status)
+            report.seconds_after_first_batch = time.perf_counter() - first_batch_at
         done = status == ENCODED
         report.encoded += int(done.sum())
         report.already_cached += int((status == CACHED).sum())
