@@ -176,6 +176,36 @@ def test_a_killed_run_restarted_finishes_with_the_same_vectors(
     assert_same_vectors(cached_vectors(minilm, bulk_url, texts), minilm.encode_raw(texts))
 
 
+def test_writes_refused_mid_job_are_retried_until_redis_takes_them(
+    local_ray: str, bulk_url: str, minilm: Encoder, tmp_path: Path
+) -> None:
+    texts = sst2_texts(600)[300:]
+    data = tmp_path / "corpus.csv"
+    with data.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text"])
+        writer.writerows([text] for text in texts)
+    client = redis.Redis.from_url(bulk_url)
+    outcome: dict[str, object] = {}
+    job = threading.Thread(
+        target=lambda: outcome.update(report=run_bulk(options(data, bulk_url, batch_size=32)))
+    )
+    job.start()
+    deadline = time.monotonic() + 120
+    while client.dbsize() < 32 and job.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Writes hang (and time out on the client side) for 4 s; nothing is lost, as in a failover.
+    client.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+    stored_at_pause = client.dbsize()
+    job.join(timeout=180)
+    assert not job.is_alive()
+    report = outcome["report"]
+    assert 32 <= stored_at_pause < len(texts), stored_at_pause
+    assert report.encoded == len(texts) and not report.failed  # type: ignore[attr-defined]
+    assert report.redis_retries > 0  # type: ignore[attr-defined]
+    assert_same_vectors(cached_vectors(minilm, bulk_url, texts), minilm.encode_raw(texts))
+
+
 def test_csv_and_tsv_bad_rows_are_reported_with_their_numbers(
     local_ray: str, bulk_url: str, tmp_path: Path
 ) -> None:

@@ -53,6 +53,7 @@ class EncodeActor:
         self.patience_seconds = patience_seconds
         self.return_vectors = return_vectors
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.retries = 0  # Redis retries since the last batch went out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed `batch["text"]`; one output row per text (hash, status, error, ...)."""
@@ -82,7 +83,10 @@ class EncodeActor:
             "actor": np.array([self.name] * len(texts), dtype=object),
             # Busy time shared over the batch's rows: summed per actor it gives texts/s.
             "seconds": np.full(len(texts), seconds / max(len(texts), 1)),
+            # On the first row only, so sums stay right however Ray splits the output.
+            "redis_retries": np.array([self.retries] + [0] * (len(texts) - 1), dtype=np.int64),
         }
+        self.retries = 0
         if self.return_vectors:
             output["vector"] = vectors
         return output
@@ -123,5 +127,12 @@ class EncodeActor:
 
     def _retrying(self, call: Any, what: str) -> Any:
         return with_redis_retries(
-            call, what=what, url=self.redis_url, patience_seconds=self.patience_seconds
+            call,
+            what=what,
+            url=self.redis_url,
+            patience_seconds=self.patience_seconds,
+            on_retry=self._count_retry,
         )
+
+    def _count_retry(self) -> None:
+        self.retries += 1

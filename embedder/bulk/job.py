@@ -81,6 +81,7 @@ class BulkReport:
     actor_texts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     actor_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     output_rows: int | None = None
+    redis_retries: int = 0
     # Texts finished after the first batch came back, and over how long: the rate once the
     # actors are loaded, without their start-up (which a long job amortises).
     texts_after_first_batch: int = 0
@@ -110,6 +111,7 @@ class BulkReport:
             f"already cached: {self.already_cached}",
             f"encoded: {self.encoded}",
             f"failures: {len(self.failed)}",
+            f"redis retries: {self.redis_retries}",
             f"wall time: {self.wall_seconds:.1f} s",
             "texts/s per actor: "
             + (", ".join(f"{rate:.1f}" for rate in rates.values()) if rates else "none ran"),
@@ -288,7 +290,11 @@ class _Scan:
             what="checking which texts are cached",
             url=self.options.redis_url,
             patience_seconds=self.options.patience_seconds,
+            on_retry=self._count_retry,
         )
+
+    def _count_retry(self) -> None:
+        self.report.redis_retries += 1
 
 
 def _blocks(texts: list[str], size: int) -> Iterator[Any]:
@@ -354,6 +360,7 @@ def _encode(
         done = status == ENCODED
         report.encoded += int(done.sum())
         report.already_cached += int((status == CACHED).sum())
+        report.redis_retries += int(batch["redis_retries"].sum())
         for name, seconds, is_done in zip(batch["actor"], batch["seconds"], done, strict=True):
             report.actor_seconds[name] += float(seconds)
             report.actor_texts[name] += int(is_done)

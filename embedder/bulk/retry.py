@@ -23,11 +23,12 @@ def with_redis_retries(
     what: str,
     url: str,
     patience_seconds: float,
-    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[], None] | None = None,
 ) -> Result:
     """`call()`, retried with doubling pauses while it raises redis.RedisError.
 
-    Raises RedisUnavailableError once `patience_seconds` have passed since the first failure.
+    `on_retry` is called before each pause. Raises RedisUnavailableError once
+    `patience_seconds` have passed since the first failure.
     """
     delay = FIRST_DELAY_SECONDS
     first_failure: float | None = None
@@ -46,7 +47,9 @@ def with_redis_retries(
                     f"(last error: {error}). Every finished batch is stored; run the same "
                     "command again when Redis is back to resume."
                 ) from error
-            sleep(min(delay, patience_seconds - waited + 0.01))
+            if on_retry is not None:
+                on_retry()
+            time.sleep(min(delay, patience_seconds - waited + 0.01))
             delay = min(delay * 2, LONGEST_DELAY_SECONDS)
             continue
         if first_failure is not None:
