@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import redis
 
 from embedder import EmbeddingCache, Encoder, connect
 from embedder.bulk.cli import main
-from embedder.bulk.job import BulkJobError, BulkOptions, run_bulk
+from embedder.bulk.job import BulkJobError, BulkOptions, _sized_for_cluster, run_bulk
 from embedder.bulk.retry import RedisUnavailableError, with_redis_retries
 from embedder.bulk.rows import text_hash
 from embedder.cache import cache_key
@@ -264,6 +265,16 @@ def test_redis_retries_ride_out_a_restart_and_give_up_after_the_patience() -> No
             )
     finally:
         server.kill()
+
+
+def test_the_pool_is_sized_from_the_cluster(tmp_path: Path) -> None:
+    unset = options(tmp_path, "redis://unused", actors=None, gpus_per_actor=None)
+    on_gpus = _sized_for_cluster(unset, {"CPU": 32.0, "GPU": 4.0})
+    assert (on_gpus.actors, on_gpus.gpus_per_actor) == (4, 1.0)
+    on_cpus = _sized_for_cluster(replace(unset, cpus_per_actor=2.0), {"CPU": 9.0})
+    assert (on_cpus.actors, on_cpus.gpus_per_actor) == (4, 0.0)
+    chosen = _sized_for_cluster(replace(unset, actors=3, gpus_per_actor=0.5), {"CPU": 8, "GPU": 1})
+    assert (chosen.actors, chosen.gpus_per_actor) == (3, 0.5)
 
 
 IMPORTS = """

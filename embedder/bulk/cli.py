@@ -32,12 +32,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         default=None,
         help="auto, host:6379 or ray://host:10001 (default: start Ray on this machine)",
     )
-    parser.add_argument("--actors", type=int, default=1, help="encoder actors (default: 1)")
+    parser.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="encoder actors (default: one per GPU, else one per --cpus-per-actor cores)",
+    )
     parser.add_argument(
         "--cpus-per-actor", type=float, default=1.0, help="CPU cores (and threads) per actor"
     )
     parser.add_argument(
-        "--gpus-per-actor", type=float, default=0.0, help="GPUs per actor on GPU clusters"
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="texts per actor call")
     parser.add_argument("--output", type=Path, default=None, help="also write vectors.parquet")
@@ -58,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     arguments = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if arguments.actors < 1 or arguments.batch_size < 1 or arguments.cpus_per_actor <= 0:
-        print("--actors, --batch-size and --cpus-per-actor must be positive", file=sys.stderr)
+    if (arguments.actors is not None and arguments.actors < 1) or arguments.batch_size < 1:
+        print("--actors and --batch-size must be at least 1", file=sys.stderr)
+        return EXIT_INPUT
+    if arguments.cpus_per_actor <= 0 or (arguments.gpus_per_actor or 0) < 0:
+        print("--cpus-per-actor must be positive, --gpus-per-actor not negative", file=sys.stderr)
         return EXIT_INPUT
     try:
         import ray

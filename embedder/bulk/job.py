@@ -12,7 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,9 @@ class BulkOptions:
     text_column: str = "text"
     max_chars: int = 20_000
     ray_address: str | None = None
-    actors: int = 1
+    actors: int | None = None  # None: one per GPU, else one per `cpus_per_actor` cores
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     batch_size: int = 256
     output: Path | None = None
     patience_seconds: float = 60.0
@@ -82,6 +82,8 @@ class BulkReport:
     actor_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     output_rows: int | None = None
     redis_retries: int = 0
+    actors: int | None = None
+    gpus_per_actor: float | None = None
     # Texts finished after the first batch came back, and over how long: the rate once the
     # actors are loaded, without their start-up (which a long job amortises).
     texts_after_first_batch: int = 0
@@ -112,6 +114,7 @@ class BulkReport:
             f"encoded: {self.encoded}",
             f"failures: {len(self.failed)}",
             f"redis retries: {self.redis_retries}",
+            f"actors: {self.actors} ({self.gpus_per_actor or 0:g} GPU each)",
             f"wall time: {self.wall_seconds:.1f} s",
             "texts/s per actor: "
             + (", ".join(f"{rate:.1f}" for rate in rates.values()) if rates else "none ran"),
@@ -145,6 +148,8 @@ def run_bulk(options: BulkOptions) -> BulkReport:
         if options.output:
             output = VectorsFile(options.output, encoder.dim)
         report = BulkReport()
+        options = _sized_for_cluster(options, ray.cluster_resources())
+        report.actors, report.gpus_per_actor = options.actors, options.gpus_per_actor
         scan = _Scan(service, options, report, output)
         missing = scan.run(files, file_format)
         if missing:
@@ -167,6 +172,21 @@ def run_bulk(options: BulkOptions) -> BulkReport:
             ray.shutdown()
     report.wall_seconds = time.perf_counter() - started
     return report
+
+
+def _sized_for_cluster(options: BulkOptions, resources: dict[str, float]) -> BulkOptions:
+    """Fill in the pool's size and GPUs from what the cluster has."""
+    gpus = resources.get("GPU", 0.0)
+    gpus_per_actor = options.gpus_per_actor
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus >= 1 else 0.0
+    actors = options.actors
+    if actors is None:
+        if gpus_per_actor:
+            actors = max(1, int(gpus // gpus_per_actor))
+        else:
+            actors = max(1, int(resources.get("CPU", 1.0) // options.cpus_per_actor))
+    return replace(options, actors=actors, gpus_per_actor=gpus_per_actor)
 
 
 def _start_ray(address: str | None) -> bool:
