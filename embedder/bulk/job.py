@@ -140,7 +140,9 @@ def run_bulk(options: BulkOptions) -> BulkReport:
     started_ray = _start_ray(options.ray_address)
     output: VectorsFile | None = None
     try:
-        encoder = load_encoder(options.model, **options.encoder_options)
+        # The driver's encoder only names the vector space (the fingerprint ignores backend
+        # and device), so it stays on the CPU and leaves any GPU to the actors.
+        encoder = load_encoder(options.model, **{**options.encoder_options, "device": "cpu"})
         cache = EmbeddingCache(
             redis_client(options.redis_url, options.redis_cluster), options.ttl_seconds
         )
@@ -199,13 +201,17 @@ def _start_ray(address: str | None) -> bool:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        configure_logging=False,
-    )
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = address or "this machine"
+        raise BulkJobError(f"cannot start or reach Ray at {where}: {error}") from error
     return True
 
 
