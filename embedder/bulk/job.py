@@ -11,7 +11,6 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -323,13 +322,6 @@ class _Scan:
         self.report.redis_retries += 1
 
 
-def _blocks(texts: list[str], size: int) -> Iterator[Any]:
-    import pyarrow as pa
-
-    for start in range(0, len(texts), size):
-        yield pa.table({"text": pa.array(texts[start : start + size], pa.string())})
-
-
 def _encode(
     missing: list[str],
     where: list[str],
@@ -346,7 +338,12 @@ def _encode(
     # Longest first: batches pad evenly, and the bar's first ETA errs on the long side.
     order = sorted(range(len(missing)), key=lambda index: -len(missing[index]))
     texts = [missing[index] for index in order]
-    dataset = ray.data.from_arrow(list(_blocks(texts, options.batch_size)))
+    # One block per batch, so idle actors take the next batch; built in the driver (from_arrow
+    # would start a remote task per block just to read its metadata).
+    dataset = ray.data.from_items(
+        [{"text": text} for text in texts],
+        override_num_blocks=-(-len(texts) // options.batch_size),
+    )
     remote_args: dict[str, Any] = {"num_cpus": options.cpus_per_actor}
     if options.gpus_per_actor:
         remote_args["num_gpus"] = options.gpus_per_actor
