@@ -1,0 +1,5 @@
+import sys
+
+from embedder.bulk.cli import main
+
+sys.exit(main())
