@@ -103,9 +103,10 @@ def connect(url: str, *, cluster: bool = False, timeout: float = 0.5) -> CacheCl
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=10,
-        # A cache fails fast: one retry after redis-py re-reads the layout (a failover
-        # that moved slots), then the node is skipped for RETRY_SECONDS.
-        retry=Retry(NoBackoff(), 1),
+        # A cache fails fast: no retry inside redis-py (it re-reads the layout after a
+        # connection error, so a failover is picked up by the next call); the node is
+        # skipped for RETRY_SECONDS instead. A hung master then costs one timeout a second.
+        retry=Retry(NoBackoff(), 0),
         # Serve the slots that are covered; a missing one is a miss, not a dead cache.
         require_full_coverage=False,
     )
@@ -211,12 +212,24 @@ class EmbeddingCache:
         return bool(self._down) and WHOLE not in self._down
 
     def _usable(self, node: str = WHOLE) -> bool:
-        now = time.monotonic()
-        whole = self._down.get(WHOLE)
-        if whole is not None and now < whole[1]:
-            return False
+        """May this call use `node` (WHOLE: the cache at all)? Call it once per name per call.
+
+        A node that is down is skipped until its retry is due; then exactly one caller gets
+        True (the probe) and the retry moves on by RETRY_SECONDS for everyone else, so a
+        master that hangs (timeouts, not refusals) stalls one request a second, not all.
+        """
         entry = self._down.get(node)
-        return entry is None or now >= entry[1]
+        if entry is None:
+            return True
+        with self._lock:
+            entry = self._down.get(node)
+            now = time.monotonic()
+            if entry is None:
+                return True
+            if now < entry[1]:
+                return False
+            self._down[node] = (entry[0], now + RETRY_SECONDS, entry[2])
+            return True
 
     def _failed(self, error: Exception, node: str = WHOLE) -> None:
         with self._lock:
@@ -279,6 +292,8 @@ class EmbeddingCache:
             return False
         answered = 0
         for node in masters:
+            if not self._usable(node.name):  # down, and another call is probing it
+                continue
             try:
                 client.ping(target_nodes=node)
             except CACHE_ERRORS as error:
@@ -349,7 +364,12 @@ class EmbeddingCache:
         except CACHE_ERRORS as error:
             self._failed(error)
             return {}
-        usable = {node: positions for node, positions in groups.items() if self._usable(node)}
+        # WHOLE (one Redis) was claimed above; a claim is taken once per call.
+        usable = {
+            node: positions
+            for node, positions in groups.items()
+            if node == WHOLE or self._usable(node)
+        }
         if not usable:
             return {}
         together = sorted(position for positions in usable.values() for position in positions)

@@ -8,6 +8,7 @@ cache), and a short `cluster-node-timeout` makes the cluster notice in about a s
 """
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -62,6 +63,15 @@ class ClusterNodeProcess:
             except redis.ConnectionError:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server on {self.port} did not start")
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections open but nothing answers, as behind a network partition."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: gone without a goodbye, as in a crash."""

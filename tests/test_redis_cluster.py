@@ -145,6 +145,35 @@ def test_a_dead_master_serves_the_others_keys_and_comes_back(api, cluster):
     assert api.get("/health").json()["status"] == "ok"
 
 
+def test_a_hung_master_costs_timeouts_not_the_health_probe(api, cluster):
+    """SIGSTOP: the master accepts connections and never answers (a partition). Requests and
+    /health still answer, inside the Kubernetes probe's 3 s timeout, and only one call at
+    a time pays the 0.5 s socket timeout."""
+    embed(api, TEXTS)
+    space = raw_space(api)
+    victim = master_of(cluster, cache_key(space, TEXTS[0]))
+    on_victim = [text for text in TEXTS if master_of(cluster, cache_key(space, text)) is victim]
+    victim.freeze()
+    try:
+        slowest = 0.0
+        for _ in range(4):
+            started = time.monotonic()
+            body = embed(api, TEXTS)
+            health = api.get("/health")
+            slowest = max(slowest, time.monotonic() - started)
+            assert health.status_code == 200
+            assert body["cached"] >= len(TEXTS) - len(on_victim)
+        assert health.json()["cache"] == "degraded"
+        assert slowest < 3.0, slowest
+        assert embed(api, TEXTS)["cached"] == len(TEXTS) - len(on_victim)
+    finally:
+        victim.thaw()
+    cluster.wait_ok()
+    time.sleep(RETRY_SECONDS + 0.2)
+    wait_until(lambda: api.get("/health").json()["cache"] == "up")
+    assert embed(api, TEXTS)["cached"] == len(TEXTS)  # the frozen master kept its keys
+
+
 def test_every_master_down_is_a_down_cache_not_an_error(api, cluster):
     embed(api, TEXTS[:5])
     for node in cluster.nodes:
