@@ -128,8 +128,9 @@ class LocalCluster:
         return state == "ok" and covered == 16384 and len(masters) == len(self.nodes)
 
     def node_of_slot(self, slot: int) -> ClusterNodeProcess:
-        """The master serving `slot` now."""
-        client = self.nodes[0].client()
+        """The master serving `slot` now (as a running node sees it)."""
+        running = next(node for node in self.nodes if node.process is not None)
+        client = running.client()
         try:
             for start, end, master, *_ in client.cluster("slots"):
                 if start <= slot <= end:
