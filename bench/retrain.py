@@ -5,16 +5,16 @@
 
 Vectors: real all-mpnet-base-v2 vectors of hate_speech/all.csv read from the shared Redis
 cache (db 0, read only), tiled with small gaussian noise up to each size, binary labels
-(hate vs the rest). When the cache holds too few of them, gaussian clusters of dim 768.
+(hate vs the rest). When the cache holds too few of them the bench stops (exit 2) unless
+`--allow-synthetic` asks for gaussian clusters of dim 768 instead, and says so.
 Times the whole `train_head` call (split, fit, evaluation) and the final fit alone.
-Prints a table and writes bench/results/retrain.json.
+Prints a table and writes bench/results/retrain.json; exits 1 when a target is missed.
 """
 
 import argparse
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 from common import DATASETS, write_result
@@ -31,7 +31,10 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--heads", default="logreg,mlp")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="read only")
-    parser.add_argument("--min-real", type=int, default=1000, help="else synthetic clusters")
+    parser.add_argument("--min-real", type=int, default=1000, help="fewer cached: stop")
+    parser.add_argument(
+        "--allow-synthetic", action="store_true", help="gaussian clusters when the cache is short"
+    )
     return parser.parse_args()
 
 
@@ -39,24 +42,16 @@ def cached_mpnet_vectors(redis_url: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectors and binary labels of the hate_speech texts the cache already holds."""
     import csv
 
-    from embedder import EmbeddingCache, connect
-    from embedder.encoder import Encoder
-    from embedder.resolve import resolve_model
+    from bertheads.settings import Settings
+    from embedder import EmbeddingCache, connect, load_encoder
 
     with (DATASETS / "hate_speech" / "all.csv").open(encoding="utf-8", newline="") as handle:
         rows = [(row["text"], row["label"]) for row in csv.DictReader(handle) if row["text"]]
     texts = list(dict.fromkeys(text for text, _ in rows))
     label_of = dict(rows)
-    # The server's raw-space fingerprint for mpnet/mean/128/torch, without loading weights.
-    settings = SimpleNamespace(
-        model_id=MPNET,
-        resolved=resolve_model(MPNET, None),
-        pooling="mean",
-        max_seq_len=128,
-        normalize=False,
-        backend_name="torch",
-    )
-    fingerprint = Encoder.fingerprint(settings, normalize=False)  # type: ignore[arg-type]
+    # The default server's raw-space fingerprint (backend-free: every faithful backend shares it).
+    settings = Settings(embedder_model=MPNET)
+    fingerprint = load_encoder(MPNET, **settings.encoder_options()).fingerprint(normalize=False)
     found = EmbeddingCache(connect(redis_url)).get_many(fingerprint, texts, 768)
     pairs = [
         (vector, label_of[text] == "hate")
@@ -95,7 +90,14 @@ def main() -> int:
     real_vectors, real_labels = cached_mpnet_vectors(arguments.redis_url)
     source = f"real mpnet vectors ({len(real_vectors)} cached hate_speech texts) tiled + 5% noise"
     if len(real_vectors) < arguments.min_real:
-        source = f"gaussian clusters dim 768 (cache held only {len(real_vectors)} vectors)"
+        if not arguments.allow_synthetic:
+            print(
+                f"the cache holds {len(real_vectors)} mpnet vectors of hate_speech/all.csv, fewer "
+                f"than --min-real {arguments.min_real}: embed it first, or pass --allow-synthetic",
+                file=sys.stderr,
+            )
+            return 2
+        source = f"SYNTHETIC gaussian clusters (cache held only {len(real_vectors)} vectors)"
     print(f"data: {source}")
     print(
         f"{'head':<8}{'rows':>7}{'median s':>10}{'fit s':>8}{'epochs':>8}"
@@ -138,7 +140,14 @@ def main() -> int:
             )
     path = write_result("retrain", {"data": source, "repeats": arguments.repeats, "rows": rows_out})
     print(f"wrote {path}")
-    return 0
+    missed = [row for row in rows_out if row["target_met"] is False]
+    for row in missed:
+        print(
+            f"MISSED: {row['head']} at {row['rows']} rows took {row['median_seconds']} s "
+            f"(target {row['target_seconds']} s)",
+            file=sys.stderr,
+        )
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
