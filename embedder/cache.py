@@ -206,11 +206,6 @@ class EmbeddingCache:
             )
         return "; ".join(parts)
 
-    @property
-    def partly_up(self) -> bool:
-        """True when some cluster masters are down but others still answer."""
-        return bool(self._down) and WHOLE not in self._down
-
     def _usable(self, node: str = WHOLE) -> bool:
         """May this call use `node` (WHOLE: the cache at all)? Call it once per name per call.
 
@@ -277,7 +272,7 @@ class EmbeddingCache:
         """Check Redis now (for /health), updating the up/down state.
 
         On a cluster every master is pinged on its own; True while at least one answers
-        (`problem` and `partly_up` tell which are down).
+        (`up` is False and `problem` says what while any is down).
         """
         try:
             client = self.client
