@@ -281,7 +281,7 @@ class EmbeddingCache:
                 self._succeeded()
                 return True
             masters = client.get_primaries()
-            self._masters = len(masters)
+            self._forget_departed(client)
         except CACHE_ERRORS as error:
             self._failed(error)
             return False
@@ -338,7 +338,23 @@ class EmbeddingCache:
             groups.setdefault(name, []).append(position)
         if UNSERVED in self._down and UNSERVED not in groups and reread:
             self._succeeded(UNSERVED)
+        if len(self._down) > (WHOLE in self._down) + (UNSERVED in self._down):
+            self._forget_departed(client)
         return groups
+
+    def _forget_departed(self, client: RedisCluster) -> None:
+        """Drop down-marks of nodes that are no longer masters (replaced by a failover)."""
+        masters = {node.name for node in client.get_primaries()}
+        self._masters = len(masters)
+        with self._lock:
+            for name in [name for name in self._down if name not in (WHOLE, UNSERVED)]:
+                if name not in masters:
+                    del self._down[name]
+                    logger.warning(
+                        "embedding cache: %s is no longer a cluster master (failed over); "
+                        "its slots are served by another",
+                        name,
+                    )
 
     def _per_node(
         self,

@@ -82,12 +82,17 @@ class ClusterNodeProcess:
 
 
 class LocalCluster:
-    """`masters` cluster-enabled redis-servers on spare ports, joined into one cluster."""
+    """`masters` cluster-enabled redis-servers (and `replicas` per master) on spare ports,
+    joined into one cluster."""
 
-    def __init__(self, folder: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self, folder: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000
+    ) -> None:
+        self.masters = masters
+        self.replicas = replicas
         self.nodes = [
             ClusterNodeProcess(port, folder / str(port), node_timeout_ms)
-            for port in (free_port() for _ in range(masters))
+            for port in (free_port() for _ in range(masters * (1 + replicas)))
         ]
 
     @property
@@ -100,7 +105,7 @@ class LocalCluster:
             node.start()
         command = [shutil.which("redis-cli") or "redis-cli", "--cluster", "create"]
         command += [node.name for node in self.nodes]
-        command += ["--cluster-replicas", "0", "--cluster-yes"]
+        command += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
         subprocess.run(command, check=True, capture_output=True, timeout=60)
         self.wait_ok()
 
@@ -125,7 +130,7 @@ class LocalCluster:
         state = info.get("cluster_state") if isinstance(info, dict) else None
         covered = sum(end - start + 1 for start, end, *_ in slots)
         masters = {tuple(entry[2][:2]) for entry in slots}
-        return state == "ok" and covered == 16384 and len(masters) == len(self.nodes)
+        return state == "ok" and covered == 16384 and len(masters) == self.masters
 
     def node_of_slot(self, slot: int) -> ClusterNodeProcess:
         """The master serving `slot` now (as a running node sees it)."""

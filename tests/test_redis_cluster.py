@@ -458,3 +458,25 @@ def test_copy_a_folder_into_a_cluster_head_store(cluster, noeviction, tmp_path):
         )
     finally:
         target.close()
+
+
+def test_a_failover_to_a_replica_brings_the_hits_back_without_the_master(minilm, tmp_path):
+    """3 masters with a replica each: a master dies, its replica is promoted, and the cache
+    finds the new master by itself (the slot map is read again after the connection error)."""
+    local = LocalCluster(tmp_path / "replicated", masters=3, replicas=1)
+    local.start()
+    try:
+        service = EmbeddingService(minilm, open_cache(local.url, cluster=True))
+        service.embed(TEXTS)
+        assert service.embed(TEXTS).cached == len(TEXTS)
+        slot = key_slot(cache_key(minilm.fingerprint(normalize=False), TEXTS[0]).encode())
+        victim = local.node_of_slot(slot)
+        with victim.client() as client:
+            client.execute_command("WAIT", 1, 5000)  # the replica has every key
+        victim.kill()
+        assert service.embed(TEXTS).cached < len(TEXTS)  # its keys miss until the failover
+        wait_until(lambda: local.node_of_slot(slot) is not victim, timeout=30)
+        wait_until(lambda: service.embed(TEXTS).cached == len(TEXTS), timeout=20)
+        assert victim.process is None and service.cache.up
+    finally:
+        local.stop()
