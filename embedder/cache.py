@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
+    ClusterCrossSlotError,
     ClusterDownError,
     MovedError,
     RedisClusterException,
@@ -51,6 +52,8 @@ SLOTS = 16384
 # Answers that mean "this slot is moving or moved": redis-py's cluster client follows them.
 REDIRECTIONS = (MovedError, AskError, TryAgainError)
 
+# What a cluster node answers a client that does not know it is one (REDIS_CLUSTER unset).
+CLUSTER_NODE_ERRORS = (MovedError, ClusterCrossSlotError)
 # Failures after which the slot map is read again: a failover may have moved the slots.
 RELAYOUT_ERRORS = (ClusterDownError, redis.ConnectionError, redis.TimeoutError)
 
@@ -192,6 +195,12 @@ class EmbeddingCache:
         down = dict(self._down)
         if not down:
             return None
+        if WHOLE in down and down[WHOLE][2] in {kind.__name__ for kind in CLUSTER_NODE_ERRORS}:
+            return (
+                "the embedding cache is a Redis Cluster node (it answers MOVED or "
+                "CROSSSLOT); set "
+                "REDIS_CLUSTER=true. Serving uncached"
+            )
         if WHOLE in down:
             return f"the embedding cache does not answer ({down[WHOLE][2]}); serving uncached"
         parts = []
@@ -231,7 +240,14 @@ class EmbeddingCache:
             now = time.monotonic()
             entry = self._down.get(node)
             if entry is None:
-                if node == WHOLE:
+                if node == WHOLE and isinstance(error, CLUSTER_NODE_ERRORS):
+                    logger.warning(
+                        "embedding cache: REDIS_URL names a node of a Redis Cluster (it "
+                        "answered MOVED or CROSSSLOT); set REDIS_CLUSTER=true. Serving "
+                        "uncached: %s",
+                        _describe(error),
+                    )
+                elif node == WHOLE:
                     logger.warning(
                         "embedding cache is down, serving uncached: %s", _describe(error)
                     )

@@ -281,6 +281,13 @@ def test_an_unserved_slot_is_a_miss_not_a_500(api, cluster):
     wait_until(lambda: api.get("/health").json()["cache"] == "up")
 
 
+def test_a_cluster_without_redis_cluster_true_is_named_in_health(cluster, minilm, tmp_path):
+    cache = embedding_cache(make_settings(tmp_path, cluster.url))  # REDIS_CLUSTER unset
+    service = EmbeddingService(minilm, cache)
+    assert service.embed(TEXTS[:10]).cached == 0  # answers, uncached
+    assert not cache.up and "REDIS_CLUSTER=true" in cache.problem
+
+
 def test_a_cluster_down_at_start_serves_uncached(tmp_path):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     settings = make_settings(tmp_path, dead, redis_cluster=True)
