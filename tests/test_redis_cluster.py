@@ -150,6 +150,49 @@ def test_a_dead_master_serves_the_others_keys_and_comes_back(api, cluster):
     assert api.get("/health").json()["status"] == "ok"
 
 
+def test_concurrent_requests_across_a_master_kill_all_answer(api, cluster):
+    """Four clients at once; a master dies after a quarter of the requests and comes back
+    after half: every request answers 200, hits fall while it is down and return after."""
+    import threading
+
+    embed(api, TEXTS)
+    statuses: list[int] = []
+    cached: list[tuple[int, int]] = []  # (request number, cached texts)
+    lock = threading.Lock()
+    counter = iter(range(240))
+    victim = master_of(cluster, cache_key(raw_space(api), TEXTS[0]))
+    killed, restarted = threading.Event(), threading.Event()
+
+    def client_loop() -> None:
+        for number in counter:
+            response = api.post("/embed", json={"texts": TEXTS[number % 6 :: 6]})
+            with lock:
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    cached.append((number, response.json()["cached"]))
+                done = len(statuses)
+            if done == 60 and not killed.is_set():
+                killed.set()
+                victim.kill()
+            if done == 120 and not restarted.is_set():
+                restarted.set()
+                victim.start()
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert killed.is_set() and restarted.is_set()
+    assert statuses.count(200) == 240, sorted(set(statuses))
+    during = [hits for number, hits in cached if 70 <= number < 120]
+    assert min(during) < 10  # the dead master's keys missed
+    cluster.wait_ok()
+    time.sleep(RETRY_SECONDS + 0.2)
+    embed(api, TEXTS)
+    assert embed(api, TEXTS)["cached"] == len(TEXTS)
+
+
 def test_a_hung_master_costs_timeouts_not_the_health_probe(api, cluster):
     """SIGSTOP: the master accepts connections and never answers (a partition). Requests and
     /health still answer, inside the Kubernetes probe's 3 s timeout, and only one call at
