@@ -425,50 +425,43 @@ class EmbeddingCache:
         return answers
 
     @staticmethod
-    def _cluster_mget(client: RedisCluster, keys: list[str]) -> list[bytes | None]:
-        """One MGET per slot, sent to every master before any answer is read.
+    def _cluster_send(client: RedisCluster, commands: list[tuple[str, tuple]]) -> list[Any]:
+        """Run (routing key, command) pairs on their masters; the answers, in order.
 
-        redis-py's cluster pipeline spends about 0.1 ms of Python per command (a 16-text
-        request is 16 slots), and a plain pipeline per master waits for each master in
-        turn. Here each master's commands go out on a connection of its own pool first,
-        then the answers are read, so the masters work at once. A slot that moved or is
-        moving (MOVED, ASK, TRYAGAIN) is read again through `mget_nonatomic`, which
-        follows the redirection and updates redis-py's slot map.
+        Every master's commands go out on a connection of its own pool before any answer
+        is read, so the masters work at once: redis-py's cluster pipeline spends about
+        0.1 ms of Python per command, and a plain pipeline per master waits for each in
+        turn. An answer that is a redirection (MOVED, ASK, TRYAGAIN: a slot that moved or is
+        moving) is returned as that error, for the caller to redo through redis-py, which
+        follows it and updates its slot map. Any other error is raised once every answer
+        has been read (the connections stay usable).
         """
         manager = client.nodes_manager
-        by_node: dict[str, tuple[Any, dict[int, list[int]]]] = {}
-        for position, key in enumerate(keys):
-            slot = client.keyslot(key)
-            node = manager.get_node_from_slot(slot)
-            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(position)
-        values: list[bytes | None] = [None] * len(keys)
-        redirected: list[int] = []
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for index, (key, _) in enumerate(commands):
+            node = manager.get_node_from_slot(client.keyslot(key))
+            by_node.setdefault(node.name, (node, []))[1].append(index)
+        answers: list[Any] = [None] * len(commands)
         failure: Exception | None = None
-        # (node client, connection, slot groups, every answer read)
-        sent: list[list[Any]] = []
+        sent: list[list[Any]] = []  # [node client, connection, command indexes, all read]
         try:
-            for node, slots in by_node.values():
+            for node, indexes in by_node.values():
                 node_client = client.get_redis_connection(node)
                 connection = node_client.connection_pool.get_connection()
-                sent.append([node_client, connection, list(slots.values()), False])
+                sent.append([node_client, connection, indexes, False])
                 connection.send_packed_command(
-                    connection.pack_commands(
-                        [("MGET", *(keys[p] for p in positions)) for positions in slots.values()]
-                    )
+                    connection.pack_commands([commands[index][1] for index in indexes])
                 )
             for entry in sent:
-                node_client, connection, groups, _ = entry
-                for positions in groups:
+                node_client, connection, indexes, _ = entry
+                for index in indexes:
+                    name = commands[index][1][0]
                     try:
-                        answer = node_client.parse_response(connection, "MGET")
-                    except REDIRECTIONS:
-                        redirected.extend(positions)
-                        continue
+                        answers[index] = node_client.parse_response(connection, name)
+                    except REDIRECTIONS as redirection:
+                        answers[index] = redirection
                     except redis.ResponseError as error:  # read the rest, then raise
                         failure = failure or error
-                        continue
-                    for position, value in zip(positions, answer, strict=True):
-                        values[position] = value
                 entry[3] = True
         finally:
             for node_client, connection, _, clean in sent:
@@ -477,6 +470,26 @@ class EmbeddingCache:
                 node_client.connection_pool.release(connection)
         if failure is not None:
             raise failure
+        return answers
+
+    @classmethod
+    def _cluster_mget(cls, client: RedisCluster, keys: list[str]) -> list[bytes | None]:
+        """One MGET per slot (a cluster MGET cannot span slots), all masters at once."""
+        by_slot: dict[int, list[int]] = {}
+        for position, key in enumerate(keys):
+            by_slot.setdefault(client.keyslot(key), []).append(position)
+        groups = list(by_slot.values())
+        answers = cls._cluster_send(
+            client, [(keys[group[0]], ("MGET", *(keys[p] for p in group))) for group in groups]
+        )
+        values: list[bytes | None] = [None] * len(keys)
+        redirected: list[int] = []
+        for group, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, REDIRECTIONS):
+                redirected.extend(group)
+                continue
+            for position, value in zip(group, answer, strict=True):
+                values[position] = value
         if redirected:
             found = client.mget_nonatomic([keys[position] for position in redirected])
             for position, value in zip(redirected, found, strict=True):
@@ -539,11 +552,19 @@ class EmbeddingCache:
         try:
             client = self.client
             for start in range(0, len(texts), CHUNK_KEYS):
-                chunk = texts[start : start + CHUNK_KEYS]
-                pipe = client.pipeline(transaction=False)
-                for text in chunk:
-                    pipe.exists(cache_key(fingerprint, text))
-                found[start : start + len(chunk)] = [bool(count) for count in pipe.execute()]
+                keys = [cache_key(fingerprint, text) for text in texts[start : start + CHUNK_KEYS]]
+                if isinstance(client, RedisCluster):
+                    answers = self._cluster_send(client, [(key, ("EXISTS", key)) for key in keys])
+                    counts = [
+                        client.exists(key) if isinstance(answer, REDIRECTIONS) else answer
+                        for key, answer in zip(keys, answers, strict=True)
+                    ]
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.exists(key)
+                    counts = pipe.execute()
+                found[start : start + len(keys)] = [bool(count) for count in counts]
         except redis.RedisError as error:
             self._failed(error)
             raise
@@ -559,12 +580,25 @@ class EmbeddingCache:
             return
         keys = [cache_key(fingerprint, text) for text in texts]
 
+        expiry = ("EX", self.ttl_seconds) if self.ttl_seconds else ()
+
         def write(client: CacheClient, positions: list[int]) -> None:
             for start in range(0, len(positions), CHUNK_KEYS):
+                chunk = positions[start : start + CHUNK_KEYS]
+                payloads = {
+                    position: np.ascontiguousarray(vectors[position], dtype=np.float32).tobytes()
+                    for position in chunk
+                }
+                if isinstance(client, RedisCluster):
+                    commands = [(keys[p], ("SET", keys[p], payloads[p], *expiry)) for p in chunk]
+                    answers = self._cluster_send(client, commands)
+                    for position, answer in zip(chunk, answers, strict=True):
+                        if isinstance(answer, REDIRECTIONS):  # redis-py follows it
+                            client.set(keys[position], payloads[position], ex=self.ttl_seconds)
+                    continue
                 pipe = client.pipeline(transaction=False)
-                for position in positions[start : start + CHUNK_KEYS]:
-                    payload = np.ascontiguousarray(vectors[position], dtype=np.float32).tobytes()
-                    pipe.set(keys[position], payload, ex=self.ttl_seconds)
+                for position in chunk:
+                    pipe.set(keys[position], payloads[position], ex=self.ttl_seconds)
                 pipe.execute()
 
         self._per_node(keys, write)

@@ -240,11 +240,11 @@ def test_every_master_down_is_a_down_cache_not_an_error(api, cluster):
     assert embed(api, TEXTS[:5])["cached"] == 5
 
 
-def _same_slot_text(space: str, text: str) -> str:
+def _same_slot_text(space: str, text: str, prefix: str = "slot mate") -> str:
     """Another text whose key hashes to the same cluster slot as `text`'s."""
     slot = key_slot(cache_key(space, text).encode())
     for index in range(2_000_000):
-        other = f"slot mate {index}"
+        other = f"{prefix} {index}"
         if key_slot(cache_key(space, other).encode()) == slot:
             return other
     raise AssertionError("no text found for the slot")
@@ -272,6 +272,15 @@ def test_slot_migration_ask_and_moved_still_answer(api, cluster):
         mixed = api.post("/embed", json={"texts": texts})
         assert mixed.status_code == 200, mixed.text
         assert_same_vectors(mixed.json()["embeddings"], reference)
+        # A new key of the migrating slot: the source answers ASK to its SET, redis-py
+        # writes it on the importing node, and it is read back from there.
+        newcomer = _same_slot_text(space, migrated, prefix="newcomer")
+        time.sleep(RETRY_SECONDS + 0.2)  # the TRYAGAIN above may have skipped the source
+        assert embed(api, [newcomer])["cached"] == 0
+        assert embed(api, [newcomer])["cached"] == 1
+        with target.client() as client:
+            client.execute_command("ASKING")
+            assert client.exists(cache_key(space, newcomer)) == 1
 
         source_client.execute_command(
             "MIGRATE", "127.0.0.1", target.port, cache_key(space, stays), 0, 5000
