@@ -51,7 +51,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=512, help="distinct cached texts")
     parser.add_argument("--sizes", default="1,16", help="texts per request, comma-separated")
     parser.add_argument("--requests", type=int, default=600, help="measured requests per size")
-    parser.add_argument("--round", type=int, default=20, help="requests per server per round")
+    parser.add_argument(
+        "--round", type=int, default=1, help="requests per server per round (1: alternate)"
+    )
     parser.add_argument("--target", type=float, default=1.5, help="max p50 ratio")
     parser.add_argument("--bulk-keys", type=int, default=5000, help="keys per bulk operation")
     parser.add_argument("--seed", type=int, default=0)
