@@ -11,7 +11,8 @@ one at a time over a raw keep-alive connection, alternating between the two serv
 rounds, so load from other jobs on the machine falls on both alike.
 
 Also times the cache layer alone in this process (EmbeddingCache.get_many on the same
-keys, no HTTP), where the cluster's extra work shows undiluted.
+keys, no HTTP), where the cluster's extra work shows undiluted, and bulk set_many /
+exists_many / get_many of --bulk-keys vectors (median of 5), what a bulk job does.
 
 Reports p50/p95 per server and the ratio cluster / single; exits 1 when the cached
 /embed p50 ratio exceeds --target (1.5). Writes bench/results/redis_cluster.json.
@@ -50,8 +51,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=512, help="distinct cached texts")
     parser.add_argument("--sizes", default="1,16", help="texts per request, comma-separated")
     parser.add_argument("--requests", type=int, default=600, help="measured requests per size")
-    parser.add_argument("--round", type=int, default=20, help="requests per server per round")
+    parser.add_argument(
+        "--round", type=int, default=1, help="requests per server per round (1: alternate)"
+    )
     parser.add_argument("--target", type=float, default=1.5, help="max p50 ratio")
+    parser.add_argument("--bulk-keys", type=int, default=5000, help="keys per bulk operation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="redis_cluster")
     return parser.parse_args()
@@ -136,6 +140,40 @@ def measure_cache_layer(
     return latencies
 
 
+def measure_bulk(caches: dict, keys: int, dim: int, repeats: int, seed: int) -> list[dict]:
+    """set_many / exists_many / get_many of `keys` vectors, median seconds of `repeats`."""
+    import numpy as np
+
+    texts = [f"bulk text {index}" for index in range(keys)]
+    vectors = np.random.default_rng(seed).random((keys, dim), dtype=np.float32)
+    operations = {
+        "set_many": lambda cache: cache.set_many("bench-bulk", texts, vectors),
+        "exists_many": lambda cache: cache.exists_many("bench-bulk", texts).all(),
+        "get_many": lambda cache: cache.get_many("bench-bulk", texts, dim),
+    }
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for operation, run in operations.items():
+            for name, cache in caches.items():
+                started = time.perf_counter()
+                run(cache)
+                seconds.setdefault((operation, name), []).append(time.perf_counter() - started)
+    rows = []
+    for operation in operations:
+        single = statistics.median(seconds[(operation, "single")])
+        cluster = statistics.median(seconds[(operation, "cluster")])
+        rows.append(
+            {
+                "operation": operation,
+                "keys": keys,
+                "single_s": single,
+                "cluster_s": cluster,
+                "ratio": cluster / single,
+            }
+        )
+    return rows
+
+
 def summary(latencies: dict[str, list[float]]) -> dict:
     milliseconds = {name: [value * 1000 for value in values] for name, values in latencies.items()}
     stats = {name: percentiles(values, (50, 95)) for name, values in milliseconds.items()}
@@ -197,6 +235,7 @@ def main() -> int:
                 caches, fingerprint, dim, pool, size, arguments.requests, arguments.seed
             )
             rows.append({"texts_per_request": size, "layer": "get_many", **summary(layer)})
+        bulk = measure_bulk(caches, arguments.bulk_keys, dim, 5, arguments.seed)
         for cache in caches.values():
             cache.close()
     finally:
@@ -215,6 +254,14 @@ def main() -> int:
             f"{row['cluster']['p50']:>10.3f}ms {row['p50_ratio']:>6.2f} "
             f"{row['single']['p95']:>9.3f}ms {row['cluster']['p95']:>10.3f}ms"
         )
+    print(
+        f"\n{'bulk (median of 5)':<20} {'keys':>6} {'single s':>9} {'cluster s':>10} {'ratio':>6}"
+    )
+    for row in bulk:
+        print(
+            f"{row['operation']:<20} {row['keys']:>6} {row['single_s']:>9.3f} "
+            f"{row['cluster_s']:>10.3f} {row['ratio']:>6.2f}"
+        )
     http_ratios = [row["p50_ratio"] for row in rows if row["layer"] == "http /embed"]
     passed = max(http_ratios) <= arguments.target
     write_result(
@@ -228,6 +275,7 @@ def main() -> int:
             "target_p50_ratio": arguments.target,
             "passed": passed,
             "rows": rows,
+            "bulk": bulk,
         },
     )
     print(

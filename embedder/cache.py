@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
+    ClusterCrossSlotError,
     ClusterDownError,
     MovedError,
     RedisClusterException,
@@ -51,6 +52,8 @@ SLOTS = 16384
 # Answers that mean "this slot is moving or moved": redis-py's cluster client follows them.
 REDIRECTIONS = (MovedError, AskError, TryAgainError)
 
+# What a cluster node answers a client that does not know it is one (REDIS_CLUSTER unset).
+CLUSTER_NODE_ERRORS = (MovedError, ClusterCrossSlotError)
 # Failures after which the slot map is read again: a failover may have moved the slots.
 RELAYOUT_ERRORS = (ClusterDownError, redis.ConnectionError, redis.TimeoutError)
 
@@ -103,9 +106,10 @@ def connect(url: str, *, cluster: bool = False, timeout: float = 0.5) -> CacheCl
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=10,
-        # A cache fails fast: one retry after redis-py re-reads the layout (a failover
-        # that moved slots), then the node is skipped for RETRY_SECONDS.
-        retry=Retry(NoBackoff(), 1),
+        # A cache fails fast: no retry inside redis-py (it re-reads the layout after a
+        # connection error, so a failover is picked up by the next call); the node is
+        # skipped for RETRY_SECONDS instead. A hung master then costs one timeout a second.
+        retry=Retry(NoBackoff(), 0),
         # Serve the slots that are covered; a missing one is a miss, not a dead cache.
         require_full_coverage=False,
     )
@@ -191,6 +195,12 @@ class EmbeddingCache:
         down = dict(self._down)
         if not down:
             return None
+        if WHOLE in down and down[WHOLE][2] in {kind.__name__ for kind in CLUSTER_NODE_ERRORS}:
+            return (
+                "the embedding cache is a Redis Cluster node (it answers MOVED or "
+                "CROSSSLOT); set "
+                "REDIS_CLUSTER=true. Serving uncached"
+            )
         if WHOLE in down:
             return f"the embedding cache does not answer ({down[WHOLE][2]}); serving uncached"
         parts = []
@@ -205,25 +215,39 @@ class EmbeddingCache:
             )
         return "; ".join(parts)
 
-    @property
-    def partly_up(self) -> bool:
-        """True when some cluster masters are down but others still answer."""
-        return bool(self._down) and WHOLE not in self._down
-
     def _usable(self, node: str = WHOLE) -> bool:
-        now = time.monotonic()
-        whole = self._down.get(WHOLE)
-        if whole is not None and now < whole[1]:
-            return False
+        """May this call use `node` (WHOLE: the cache at all)? Call it once per name per call.
+
+        A node that is down is skipped until its retry is due; then exactly one caller gets
+        True (the probe) and the retry moves on by RETRY_SECONDS for everyone else, so a
+        master that hangs (timeouts, not refusals) stalls one request a second, not all.
+        """
         entry = self._down.get(node)
-        return entry is None or now >= entry[1]
+        if entry is None:
+            return True
+        with self._lock:
+            entry = self._down.get(node)
+            now = time.monotonic()
+            if entry is None:
+                return True
+            if now < entry[1]:
+                return False
+            self._down[node] = (entry[0], now + RETRY_SECONDS, entry[2])
+            return True
 
     def _failed(self, error: Exception, node: str = WHOLE) -> None:
         with self._lock:
             now = time.monotonic()
             entry = self._down.get(node)
             if entry is None:
-                if node == WHOLE:
+                if node == WHOLE and isinstance(error, CLUSTER_NODE_ERRORS):
+                    logger.warning(
+                        "embedding cache: REDIS_URL names a node of a Redis Cluster (it "
+                        "answered MOVED or CROSSSLOT); set REDIS_CLUSTER=true. Serving "
+                        "uncached: %s",
+                        _describe(error),
+                    )
+                elif node == WHOLE:
                     logger.warning(
                         "embedding cache is down, serving uncached: %s", _describe(error)
                     )
@@ -264,7 +288,7 @@ class EmbeddingCache:
         """Check Redis now (for /health), updating the up/down state.
 
         On a cluster every master is pinged on its own; True while at least one answers
-        (`problem` and `partly_up` tell which are down).
+        (`up` is False and `problem` says what while any is down).
         """
         try:
             client = self.client
@@ -273,12 +297,14 @@ class EmbeddingCache:
                 self._succeeded()
                 return True
             masters = client.get_primaries()
-            self._masters = len(masters)
+            self._forget_departed(client)
         except CACHE_ERRORS as error:
             self._failed(error)
             return False
         answered = 0
         for node in masters:
+            if not self._usable(node.name):  # down, and another call is probing it
+                continue
             try:
                 client.ping(target_nodes=node)
             except CACHE_ERRORS as error:
@@ -328,7 +354,23 @@ class EmbeddingCache:
             groups.setdefault(name, []).append(position)
         if UNSERVED in self._down and UNSERVED not in groups and reread:
             self._succeeded(UNSERVED)
+        if len(self._down) > (WHOLE in self._down) + (UNSERVED in self._down):
+            self._forget_departed(client)
         return groups
+
+    def _forget_departed(self, client: RedisCluster) -> None:
+        """Drop down-marks of nodes that are no longer masters (replaced by a failover)."""
+        masters = {node.name for node in client.get_primaries()}
+        self._masters = len(masters)
+        with self._lock:
+            for name in [name for name in self._down if name not in (WHOLE, UNSERVED)]:
+                if name not in masters:
+                    del self._down[name]
+                    logger.warning(
+                        "embedding cache: %s is no longer a cluster master (failed over); "
+                        "its slots are served by another",
+                        name,
+                    )
 
     def _per_node(
         self,
@@ -349,7 +391,12 @@ class EmbeddingCache:
         except CACHE_ERRORS as error:
             self._failed(error)
             return {}
-        usable = {node: positions for node, positions in groups.items() if self._usable(node)}
+        # WHOLE (one Redis) was claimed above; a claim is taken once per call.
+        usable = {
+            node: positions
+            for node, positions in groups.items()
+            if node == WHOLE or self._usable(node)
+        }
         if not usable:
             return {}
         together = sorted(position for positions in usable.values() for position in positions)
@@ -378,50 +425,43 @@ class EmbeddingCache:
         return answers
 
     @staticmethod
-    def _cluster_mget(client: RedisCluster, keys: list[str]) -> list[bytes | None]:
-        """One MGET per slot, sent to every master before any answer is read.
+    def _cluster_send(client: RedisCluster, commands: list[tuple[str, tuple]]) -> list[Any]:
+        """Run (routing key, command) pairs on their masters; the answers, in order.
 
-        redis-py's cluster pipeline spends about 0.1 ms of Python per command (a 16-text
-        request is 16 slots), and a plain pipeline per master waits for each master in
-        turn. Here each master's commands go out on a connection of its own pool first,
-        then the answers are read, so the masters work at once. A slot that moved or is
-        moving (MOVED, ASK, TRYAGAIN) is read again through `mget_nonatomic`, which
-        follows the redirection and updates redis-py's slot map.
+        Every master's commands go out on a connection of its own pool before any answer
+        is read, so the masters work at once: redis-py's cluster pipeline spends about
+        0.1 ms of Python per command, and a plain pipeline per master waits for each in
+        turn. An answer that is a redirection (MOVED, ASK, TRYAGAIN: a slot that moved or is
+        moving) is returned as that error, for the caller to redo through redis-py, which
+        follows it and updates its slot map. Any other error is raised once every answer
+        has been read (the connections stay usable).
         """
         manager = client.nodes_manager
-        by_node: dict[str, tuple[Any, dict[int, list[int]]]] = {}
-        for position, key in enumerate(keys):
-            slot = client.keyslot(key)
-            node = manager.get_node_from_slot(slot)
-            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(position)
-        values: list[bytes | None] = [None] * len(keys)
-        redirected: list[int] = []
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for index, (key, _) in enumerate(commands):
+            node = manager.get_node_from_slot(client.keyslot(key))
+            by_node.setdefault(node.name, (node, []))[1].append(index)
+        answers: list[Any] = [None] * len(commands)
         failure: Exception | None = None
-        # (node client, connection, slot groups, every answer read)
-        sent: list[list[Any]] = []
+        sent: list[list[Any]] = []  # [node client, connection, command indexes, all read]
         try:
-            for node, slots in by_node.values():
+            for node, indexes in by_node.values():
                 node_client = client.get_redis_connection(node)
                 connection = node_client.connection_pool.get_connection()
-                sent.append([node_client, connection, list(slots.values()), False])
+                sent.append([node_client, connection, indexes, False])
                 connection.send_packed_command(
-                    connection.pack_commands(
-                        [("MGET", *(keys[p] for p in positions)) for positions in slots.values()]
-                    )
+                    connection.pack_commands([commands[index][1] for index in indexes])
                 )
             for entry in sent:
-                node_client, connection, groups, _ = entry
-                for positions in groups:
+                node_client, connection, indexes, _ = entry
+                for index in indexes:
+                    name = commands[index][1][0]
                     try:
-                        answer = node_client.parse_response(connection, "MGET")
-                    except REDIRECTIONS:
-                        redirected.extend(positions)
-                        continue
+                        answers[index] = node_client.parse_response(connection, name)
+                    except REDIRECTIONS as redirection:
+                        answers[index] = redirection
                     except redis.ResponseError as error:  # read the rest, then raise
                         failure = failure or error
-                        continue
-                    for position, value in zip(positions, answer, strict=True):
-                        values[position] = value
                 entry[3] = True
         finally:
             for node_client, connection, _, clean in sent:
@@ -430,6 +470,26 @@ class EmbeddingCache:
                 node_client.connection_pool.release(connection)
         if failure is not None:
             raise failure
+        return answers
+
+    @classmethod
+    def _cluster_mget(cls, client: RedisCluster, keys: list[str]) -> list[bytes | None]:
+        """One MGET per slot (a cluster MGET cannot span slots), all masters at once."""
+        by_slot: dict[int, list[int]] = {}
+        for position, key in enumerate(keys):
+            by_slot.setdefault(client.keyslot(key), []).append(position)
+        groups = list(by_slot.values())
+        answers = cls._cluster_send(
+            client, [(keys[group[0]], ("MGET", *(keys[p] for p in group))) for group in groups]
+        )
+        values: list[bytes | None] = [None] * len(keys)
+        redirected: list[int] = []
+        for group, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, REDIRECTIONS):
+                redirected.extend(group)
+                continue
+            for position, value in zip(group, answer, strict=True):
+                values[position] = value
         if redirected:
             found = client.mget_nonatomic([keys[position] for position in redirected])
             for position, value in zip(redirected, found, strict=True):
@@ -492,11 +552,19 @@ class EmbeddingCache:
         try:
             client = self.client
             for start in range(0, len(texts), CHUNK_KEYS):
-                chunk = texts[start : start + CHUNK_KEYS]
-                pipe = client.pipeline(transaction=False)
-                for text in chunk:
-                    pipe.exists(cache_key(fingerprint, text))
-                found[start : start + len(chunk)] = [bool(count) for count in pipe.execute()]
+                keys = [cache_key(fingerprint, text) for text in texts[start : start + CHUNK_KEYS]]
+                if isinstance(client, RedisCluster):
+                    answers = self._cluster_send(client, [(key, ("EXISTS", key)) for key in keys])
+                    counts = [
+                        client.exists(key) if isinstance(answer, REDIRECTIONS) else answer
+                        for key, answer in zip(keys, answers, strict=True)
+                    ]
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.exists(key)
+                    counts = pipe.execute()
+                found[start : start + len(keys)] = [bool(count) for count in counts]
         except redis.RedisError as error:
             self._failed(error)
             raise
@@ -512,12 +580,25 @@ class EmbeddingCache:
             return
         keys = [cache_key(fingerprint, text) for text in texts]
 
+        expiry = ("EX", self.ttl_seconds) if self.ttl_seconds else ()
+
         def write(client: CacheClient, positions: list[int]) -> None:
             for start in range(0, len(positions), CHUNK_KEYS):
+                chunk = positions[start : start + CHUNK_KEYS]
+                payloads = {
+                    position: np.ascontiguousarray(vectors[position], dtype=np.float32).tobytes()
+                    for position in chunk
+                }
+                if isinstance(client, RedisCluster):
+                    commands = [(keys[p], ("SET", keys[p], payloads[p], *expiry)) for p in chunk]
+                    answers = self._cluster_send(client, commands)
+                    for position, answer in zip(chunk, answers, strict=True):
+                        if isinstance(answer, REDIRECTIONS):  # redis-py follows it
+                            client.set(keys[position], payloads[position], ex=self.ttl_seconds)
+                    continue
                 pipe = client.pipeline(transaction=False)
-                for position in positions[start : start + CHUNK_KEYS]:
-                    payload = np.ascontiguousarray(vectors[position], dtype=np.float32).tobytes()
-                    pipe.set(keys[position], payload, ex=self.ttl_seconds)
+                for position in chunk:
+                    pipe.set(keys[position], payloads[position], ex=self.ttl_seconds)
                 pipe.execute()
 
         self._per_node(keys, write)

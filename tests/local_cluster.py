@@ -8,6 +8,7 @@ cache), and a short `cluster-node-timeout` makes the cluster notice in about a s
 """
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -63,6 +64,15 @@ class ClusterNodeProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server on {self.port} did not start")
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections open but nothing answers, as behind a network partition."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: gone without a goodbye, as in a crash."""
         if self.process is not None:
@@ -72,12 +82,17 @@ class ClusterNodeProcess:
 
 
 class LocalCluster:
-    """`masters` cluster-enabled redis-servers on spare ports, joined into one cluster."""
+    """`masters` cluster-enabled redis-servers (and `replicas` per master) on spare ports,
+    joined into one cluster."""
 
-    def __init__(self, folder: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self, folder: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000
+    ) -> None:
+        self.masters = masters
+        self.replicas = replicas
         self.nodes = [
             ClusterNodeProcess(port, folder / str(port), node_timeout_ms)
-            for port in (free_port() for _ in range(masters))
+            for port in (free_port() for _ in range(masters * (1 + replicas)))
         ]
 
     @property
@@ -90,7 +105,7 @@ class LocalCluster:
             node.start()
         command = [shutil.which("redis-cli") or "redis-cli", "--cluster", "create"]
         command += [node.name for node in self.nodes]
-        command += ["--cluster-replicas", "0", "--cluster-yes"]
+        command += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
         subprocess.run(command, check=True, capture_output=True, timeout=60)
         self.wait_ok()
 
@@ -115,11 +130,12 @@ class LocalCluster:
         state = info.get("cluster_state") if isinstance(info, dict) else None
         covered = sum(end - start + 1 for start, end, *_ in slots)
         masters = {tuple(entry[2][:2]) for entry in slots}
-        return state == "ok" and covered == 16384 and len(masters) == len(self.nodes)
+        return state == "ok" and covered == 16384 and len(masters) == self.masters
 
     def node_of_slot(self, slot: int) -> ClusterNodeProcess:
-        """The master serving `slot` now."""
-        client = self.nodes[0].client()
+        """The master serving `slot` now (as a running node sees it)."""
+        running = next(node for node in self.nodes if node.process is not None)
+        client = running.client()
         try:
             for start, end, master, *_ in client.cluster("slots"):
                 if start <= slot <= end:

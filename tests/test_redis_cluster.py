@@ -134,7 +134,12 @@ def test_a_dead_master_serves_the_others_keys_and_comes_back(api, cluster):
     assert again["cached"] == len(TEXTS) - len(on_victim)
     assert_same_vectors(while_down["embeddings"], reference)
     assert_same_vectors(again["embeddings"], reference)
-    assert embed(api, ["a text never seen, while a master is down"])["cached"] == 0
+    # Written while the master is down: the live masters take their share of the writes.
+    fresh = [f"written during the outage {index}" for index in range(30)]
+    assert embed(api, fresh)["cached"] == 0
+    on_live = [text for text in fresh if master_of(cluster, cache_key(space, text)) is not victim]
+    assert 0 < len(on_live) < len(fresh)
+    assert embed(api, fresh)["cached"] == len(on_live)
 
     victim.start()  # same folder, same nodes.conf: it rejoins with its slots, empty
     cluster.wait_ok()
@@ -143,6 +148,78 @@ def test_a_dead_master_serves_the_others_keys_and_comes_back(api, cluster):
     embed(api, TEXTS)  # re-fills the returned master
     assert embed(api, TEXTS)["cached"] == len(TEXTS)
     assert api.get("/health").json()["status"] == "ok"
+
+
+def test_concurrent_requests_across_a_master_kill_all_answer(api, cluster):
+    """Four clients at once; a master dies after a quarter of the requests and comes back
+    after half: every request answers 200, hits fall while it is down and return after."""
+    import threading
+
+    embed(api, TEXTS)
+    statuses: list[int] = []
+    cached: list[tuple[int, int]] = []  # (request number, cached texts)
+    lock = threading.Lock()
+    counter = iter(range(240))
+    victim = master_of(cluster, cache_key(raw_space(api), TEXTS[0]))
+    killed, restarted = threading.Event(), threading.Event()
+
+    def client_loop() -> None:
+        for number in counter:
+            response = api.post("/embed", json={"texts": TEXTS[number % 6 :: 6]})
+            with lock:
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    cached.append((number, response.json()["cached"]))
+                done = len(statuses)
+            if done == 60 and not killed.is_set():
+                killed.set()
+                victim.kill()
+            if done == 120 and not restarted.is_set():
+                restarted.set()
+                victim.start()
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert killed.is_set() and restarted.is_set()
+    assert statuses.count(200) == 240, sorted(set(statuses))
+    during = [hits for number, hits in cached if 70 <= number < 120]
+    assert min(during) < 10  # the dead master's keys missed
+    cluster.wait_ok()
+    time.sleep(RETRY_SECONDS + 0.2)
+    embed(api, TEXTS)
+    assert embed(api, TEXTS)["cached"] == len(TEXTS)
+
+
+def test_a_hung_master_costs_timeouts_not_the_health_probe(api, cluster):
+    """SIGSTOP: the master accepts connections and never answers (a partition). Requests and
+    /health still answer, inside the Kubernetes probe's 3 s timeout, and only one call at
+    a time pays the 0.5 s socket timeout."""
+    embed(api, TEXTS)
+    space = raw_space(api)
+    victim = master_of(cluster, cache_key(space, TEXTS[0]))
+    on_victim = [text for text in TEXTS if master_of(cluster, cache_key(space, text)) is victim]
+    victim.freeze()
+    try:
+        slowest = 0.0
+        for _ in range(4):
+            started = time.monotonic()
+            body = embed(api, TEXTS)
+            health = api.get("/health")
+            slowest = max(slowest, time.monotonic() - started)
+            assert health.status_code == 200
+            assert body["cached"] >= len(TEXTS) - len(on_victim)
+        assert health.json()["cache"] == "degraded"
+        assert slowest < 3.0, slowest
+        assert embed(api, TEXTS)["cached"] == len(TEXTS) - len(on_victim)
+    finally:
+        victim.thaw()
+    cluster.wait_ok()
+    time.sleep(RETRY_SECONDS + 0.2)
+    wait_until(lambda: api.get("/health").json()["cache"] == "up")
+    assert embed(api, TEXTS)["cached"] == len(TEXTS)  # the frozen master kept its keys
 
 
 def test_every_master_down_is_a_down_cache_not_an_error(api, cluster):
@@ -163,11 +240,11 @@ def test_every_master_down_is_a_down_cache_not_an_error(api, cluster):
     assert embed(api, TEXTS[:5])["cached"] == 5
 
 
-def _same_slot_text(space: str, text: str) -> str:
+def _same_slot_text(space: str, text: str, prefix: str = "slot mate") -> str:
     """Another text whose key hashes to the same cluster slot as `text`'s."""
     slot = key_slot(cache_key(space, text).encode())
     for index in range(2_000_000):
-        other = f"slot mate {index}"
+        other = f"{prefix} {index}"
         if key_slot(cache_key(space, other).encode()) == slot:
             return other
     raise AssertionError("no text found for the slot")
@@ -195,6 +272,15 @@ def test_slot_migration_ask_and_moved_still_answer(api, cluster):
         mixed = api.post("/embed", json={"texts": texts})
         assert mixed.status_code == 200, mixed.text
         assert_same_vectors(mixed.json()["embeddings"], reference)
+        # A new key of the migrating slot: the source answers ASK to its SET, redis-py
+        # writes it on the importing node, and it is read back from there.
+        newcomer = _same_slot_text(space, migrated, prefix="newcomer")
+        time.sleep(RETRY_SECONDS + 0.2)  # the TRYAGAIN above may have skipped the source
+        assert embed(api, [newcomer])["cached"] == 0
+        assert embed(api, [newcomer])["cached"] == 1
+        with target.client() as client:
+            client.execute_command("ASKING")
+            assert client.exists(cache_key(space, newcomer)) == 1
 
         source_client.execute_command(
             "MIGRATE", "127.0.0.1", target.port, cache_key(space, stays), 0, 5000
@@ -245,6 +331,13 @@ def test_an_unserved_slot_is_a_miss_not_a_500(api, cluster):
     cluster.wait_ok()
     time.sleep(RETRY_SECONDS + 0.2)
     wait_until(lambda: api.get("/health").json()["cache"] == "up")
+
+
+def test_a_cluster_without_redis_cluster_true_is_named_in_health(cluster, minilm, tmp_path):
+    cache = embedding_cache(make_settings(tmp_path, cluster.url))  # REDIS_CLUSTER unset
+    service = EmbeddingService(minilm, cache)
+    assert service.embed(TEXTS[:10]).cached == 0  # answers, uncached
+    assert not cache.up and "REDIS_CLUSTER=true" in cache.problem
 
 
 def test_a_cluster_down_at_start_serves_uncached(tmp_path):
@@ -424,3 +517,25 @@ def test_copy_a_folder_into_a_cluster_head_store(cluster, noeviction, tmp_path):
         )
     finally:
         target.close()
+
+
+def test_a_failover_to_a_replica_brings_the_hits_back_without_the_master(minilm, tmp_path):
+    """3 masters with a replica each: a master dies, its replica is promoted, and the cache
+    finds the new master by itself (the slot map is read again after the connection error)."""
+    local = LocalCluster(tmp_path / "replicated", masters=3, replicas=1)
+    local.start()
+    try:
+        service = EmbeddingService(minilm, open_cache(local.url, cluster=True))
+        service.embed(TEXTS)
+        assert service.embed(TEXTS).cached == len(TEXTS)
+        slot = key_slot(cache_key(minilm.fingerprint(normalize=False), TEXTS[0]).encode())
+        victim = local.node_of_slot(slot)
+        with victim.client() as client:
+            client.execute_command("WAIT", 1, 5000)  # the replica has every key
+        victim.kill()
+        assert service.embed(TEXTS).cached < len(TEXTS)  # its keys miss until the failover
+        wait_until(lambda: local.node_of_slot(slot) is not victim, timeout=30)
+        wait_until(lambda: service.embed(TEXTS).cached == len(TEXTS), timeout=20)
+        assert victim.process is None and service.cache.up
+    finally:
+        local.stop()
