@@ -280,7 +280,7 @@ def test_the_pool_is_sized_from_the_cluster(tmp_path: Path) -> None:
 IMPORTS = """
 import sys
 import api.main, classifier.train, embedder, embedder.bulk, embedder.bulk.cli, embedder.bulk.job
-api.main.create_app
+api.main.create_app()
 print("RAY=" + str("ray" in sys.modules))
 """
 
