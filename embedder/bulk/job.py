@@ -83,16 +83,18 @@ class BulkReport:
     redis_retries: int = 0
     actors: int | None = None
     gpus_per_actor: float | None = None
-    # Texts finished after the first batch came back, and over how long: the rate once the
-    # actors are loaded, without their start-up (which a long job amortises).
-    texts_after_first_batch: int = 0
-    seconds_after_first_batch: float = 0.0
+    # When the first batch started and the last one ended, on the actors' clocks: the
+    # pool's span once the actors were loaded, with Ray's hand-offs between batches but
+    # without start-up (which a long job amortises).
+    first_batch_started: float | None = None
+    last_batch_ended: float | None = None
 
-    def streaming_rate(self) -> float:
-        """Texts/s of the whole pool between its first and last batch (0 if one batch)."""
-        if self.seconds_after_first_batch <= 0:
+    def pool_rate(self) -> float:
+        """Texts encoded per second between the first batch's start and the last one's end."""
+        if self.first_batch_started is None or self.last_batch_ended is None:
             return 0.0
-        return self.texts_after_first_batch / self.seconds_after_first_batch
+        span = self.last_batch_ended - self.first_batch_started
+        return self.encoded / span if span > 0 else 0.0
 
     def actor_rates(self) -> dict[str, float]:
         """Texts encoded per busy second, per actor."""
@@ -118,6 +120,7 @@ class BulkReport:
             "texts/s per actor: "
             + (", ".join(f"{rate:.1f}" for rate in rates.values()) if rates else "none ran"),
             f"texts/s overall: {self.encoded / self.wall_seconds if self.wall_seconds else 0:.1f}",
+            f"texts/s once loaded: {self.pool_rate():.1f}",
         ]
         if self.output_rows is not None:
             lines.append(f"output rows: {self.output_rows}")
@@ -207,6 +210,9 @@ def _start_ray(address: str | None) -> bool:
             logging_level=logging.WARNING,
             log_to_driver=True,
             configure_logging=False,
+            # Ray's metrics thread (opencensus) crashed workers here under heavy load; the
+            # job keeps its own counts.
+            _system_config={"enable_metrics_collection": False},
         )
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = address or "this machine"
@@ -372,14 +378,11 @@ def _encode(
         disable=not options.progress,
     )
     failed_hashes: dict[str, str] = {}
-    first_batch_at: float | None = None
     for batch in encoded.iter_batches(batch_format="numpy", batch_size=None):
         status = batch["status"]
-        if first_batch_at is None:
-            first_batch_at = time.perf_counter()
-        else:
-            report.texts_after_first_batch += len(status)
-            report.seconds_after_first_batch = time.perf_counter() - first_batch_at
+        started_at, ended_at = float(batch["started_at"].min()), float(batch["ended_at"].max())
+        report.first_batch_started = min(report.first_batch_started or started_at, started_at)
+        report.last_batch_ended = max(report.last_batch_ended or ended_at, ended_at)
         done = status == ENCODED
         report.encoded += int(done.sum())
         report.already_cached += int((status == CACHED).sum())
