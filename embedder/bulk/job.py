@@ -120,7 +120,7 @@ class BulkReport:
             "texts/s per actor: "
             + (", ".join(f"{rate:.1f}" for rate in rates.values()) if rates else "none ran"),
             f"texts/s overall: {self.encoded / self.wall_seconds if self.wall_seconds else 0:.1f}",
-            f"texts/s once loaded: {self.pool_rate():.1f}",
+            "texts/s once loaded: " + (f"{self.pool_rate():.1f}" if self.encoded else "none ran"),
         ]
         if self.output_rows is not None:
             lines.append(f"output rows: {self.output_rows}")
@@ -193,6 +193,11 @@ def _sized_for_cluster(options: BulkOptions, resources: dict[str, float]) -> Bul
     return replace(options, actors=actors, gpus_per_actor=gpus_per_actor)
 
 
+def _not_about_progress_bars(record: logging.LogRecord) -> bool:
+    """Drop Ray Data's notice that its bars are off: they are, for the job's own."""
+    return "Progress bars disabled" not in record.getMessage()
+
+
 def _start_ray(address: str | None) -> bool:
     """Join the cluster at `address`, or start Ray on this machine; True if started here."""
     import ray
@@ -200,7 +205,9 @@ def _start_ray(address: str | None) -> bool:
 
     context = DataContext.get_current()
     context.enable_progress_bars = False  # the job draws its own bar
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray_data_logger = logging.getLogger("ray.data")
+    ray_data_logger.setLevel(logging.WARNING)
+    ray_data_logger.addFilter(_not_about_progress_bars)
     if ray.is_initialized():
         return False
     try:
