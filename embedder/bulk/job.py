@@ -193,11 +193,6 @@ def _sized_for_cluster(options: BulkOptions, resources: dict[str, float]) -> Bul
     return replace(options, actors=actors, gpus_per_actor=gpus_per_actor)
 
 
-def _not_about_progress_bars(record: logging.LogRecord) -> bool:
-    """Drop Ray Data's notice that its bars are off: they are, for the job's own."""
-    return "Progress bars disabled" not in record.getMessage()
-
-
 def _start_ray(address: str | None) -> bool:
     """Join the cluster at `address`, or start Ray on this machine; True if started here."""
     import ray
@@ -205,9 +200,9 @@ def _start_ray(address: str | None) -> bool:
 
     context = DataContext.get_current()
     context.enable_progress_bars = False  # the job draws its own bar
-    ray_data_logger = logging.getLogger("ray.data")
-    ray_data_logger.setLevel(logging.WARNING)
-    ray_data_logger.addFilter(_not_about_progress_bars)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Its only warning is that its bars are off: they are, for the job's own.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
     try:
