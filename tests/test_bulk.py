@@ -164,14 +164,16 @@ def test_a_killed_run_restarted_finishes_with_the_same_vectors(
     command = [sys.executable, "-m", "embedder.bulk", "--data", str(data), "--redis-url", bulk_url]
     command += ["--backend", "torch", "--ray-address", local_ray, "--actors", "1"]
     command += ["--batch-size", "32", "--no-progress"]
-    first = subprocess.Popen(
-        command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = (tmp_path / "first.log").open("wb")  # a file: a full pipe would block the job
+    first = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=log)
     deadline = time.monotonic() + 120
     while client.dbsize() < 64 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    exited_by_itself = first.poll()
     first.send_signal(signal.SIGKILL)
     first.wait()
+    log.close()
+    assert exited_by_itself is None, (tmp_path / "first.log").read_text()[-3000:]
     stored_when_killed = client.dbsize()
     assert 64 <= stored_when_killed < len(texts), stored_when_killed
 

@@ -205,6 +205,9 @@ def _start_ray(address: str | None) -> bool:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
+    # Ray's metrics thread (opencensus) crashed workers here under heavy load and the job
+    # keeps its own counts; a cluster it joins keeps its own configuration.
+    local = {} if address else {"_system_config": {"enable_metrics_collection": False}}
     try:
         ray.init(
             address=address,
@@ -212,9 +215,7 @@ def _start_ray(address: str | None) -> bool:
             logging_level=logging.WARNING,
             log_to_driver=True,
             configure_logging=False,
-            # Ray's metrics thread (opencensus) crashed workers here under heavy load; the
-            # job keeps its own counts.
-            _system_config={"enable_metrics_collection": False},
+            **local,
         )
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = address or "this machine"
