@@ -249,6 +249,21 @@ def test_a_redis_that_stays_away_stops_the_job_clearly(local_ray: str, tmp_path:
     assert time.monotonic() - started < 60
 
 
+def test_a_ray_address_nobody_answers_stops_the_job_at_once(tmp_path: Path) -> None:
+    data = tmp_path / "corpus.csv"
+    data.write_text("text\nhello\n")
+    address = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "embedder.bulk", "--data", str(data), "--ray-address", address],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert f"stopped: --ray-address {address}: nothing answers there" in done.stderr
+
+
 def test_redis_retries_ride_out_a_restart_and_give_up_after_the_patience() -> None:
     server = RedisProcess(free_port())
     server.start()

@@ -193,6 +193,19 @@ def _sized_for_cluster(options: BulkOptions, resources: dict[str, float]) -> Bul
     return replace(options, actors=actors, gpus_per_actor=gpus_per_actor)
 
 
+def _check_reachable(address: str) -> None:
+    """Fail fast on a host:port nobody listens on: Ray itself retries for minutes."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise BulkJobError(f"--ray-address {address}: nothing answers there ({error})") from error
+
+
 def _start_ray(address: str | None) -> bool:
     """Join the cluster at `address`, or start Ray on this machine; True if started here."""
     import ray
@@ -205,6 +218,8 @@ def _start_ray(address: str | None) -> bool:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
     # Ray's metrics thread (opencensus) crashed workers here under heavy load and the job
     # keeps its own counts; a cluster it joins keeps its own configuration.
     local = {} if address else {"_system_config": {"enable_metrics_collection": False}}
