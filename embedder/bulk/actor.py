@@ -86,10 +86,12 @@ class EncodeActor:
             "seconds": np.full(len(texts), seconds / max(len(texts), 1)),
             "started_at": np.full(len(texts), started_at),
             "ended_at": np.full(len(texts), time.time()),
-            # On the first row only, so sums stay right however Ray splits the output.
-            "redis_retries": np.array([self.retries] + [0] * (len(texts) - 1), dtype=np.int64),
+            "redis_retries": np.zeros(len(texts), dtype=np.int64),
         }
-        self.retries = 0
+        if len(texts):
+            # On the first row only, so sums stay right however Ray splits the output.
+            output["redis_retries"][0] = self.retries
+            self.retries = 0
         if self.return_vectors:
             output["vector"] = vectors
         return output
