@@ -6,9 +6,9 @@ For each backend, interleaved `--repeats` times: plain `Encoder.encode_raw` in t
 (2 threads = both cores, and 1 thread), then `run_bulk` with 1 actor and 2 actors of 1 core
 (1 thread) each on a local Ray of 2 CPUs, the cache emptied before each job. Bulk rates are
 given three ways: end to end (the job's wall time, with the driver's and actors' model
-loads), steady (texts finished between the first and the last batch back at the driver,
-over that time: the pool's rate once loaded) and busy (each actor's texts per second spent
-in its batches, summed over actors).
+loads), steady (texts encoded between the first batch's start and the last batch's end
+on the actors' clocks: the pool's rate once loaded, Ray's hand-offs included) and busy
+(each actor's texts per second spent in its batches, summed over actors).
 Then `--cached` short texts are planted in the cache directly (random vectors under the
 real keys, not encoded) and the whole job is timed over them: it must encode nothing.
 Medians over repeats; ratios against plain encode measured in the same run.
@@ -73,7 +73,7 @@ def bulk_rates(arguments, backend: str, data: Path, actors: int, count: int) -> 
     assert report.encoded == count, report.lines()
     return {
         "end_to_end": report.encoded / report.wall_seconds,
-        "steady": report.streaming_rate(),
+        "steady": report.pool_rate(),
         "busy": sum(report.actor_rates().values()),
         "per_actor": list(report.actor_rates().values()),
         "wall_seconds": report.wall_seconds,
@@ -129,7 +129,12 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        _system_config={"enable_metrics_collection": False},
+    )
     texts = list(dict.fromkeys(dataset_texts("sst2/train.csv")))[: arguments.texts]
     result: dict = {"command": command_line(), "load_before": load_average(), "backends": {}}
     with tempfile.TemporaryDirectory() as scratch:

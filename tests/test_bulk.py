@@ -35,7 +35,12 @@ SST2 = DATASETS / "sst2"
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[str]:
     """One local Ray for the module: starting it costs seconds."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        _system_config={"enable_metrics_collection": False},  # its thread crashed under load
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -159,14 +164,16 @@ def test_a_killed_run_restarted_finishes_with_the_same_vectors(
     command = [sys.executable, "-m", "embedder.bulk", "--data", str(data), "--redis-url", bulk_url]
     command += ["--backend", "torch", "--ray-address", local_ray, "--actors", "1"]
     command += ["--batch-size", "32", "--no-progress"]
-    first = subprocess.Popen(
-        command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = (tmp_path / "first.log").open("wb")  # a file: a full pipe would block the job
+    first = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=log)
     deadline = time.monotonic() + 120
     while client.dbsize() < 64 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    exited_by_itself = first.poll()
     first.send_signal(signal.SIGKILL)
     first.wait()
+    log.close()
+    assert exited_by_itself is None, (tmp_path / "first.log").read_text()[-3000:]
     stored_when_killed = client.dbsize()
     assert 64 <= stored_when_killed < len(texts), stored_when_killed
 
@@ -242,6 +249,21 @@ def test_a_redis_that_stays_away_stops_the_job_clearly(local_ray: str, tmp_path:
     assert time.monotonic() - started < 60
 
 
+def test_a_ray_address_nobody_answers_stops_the_job_at_once(tmp_path: Path) -> None:
+    data = tmp_path / "corpus.csv"
+    data.write_text("text\nhello\n")
+    address = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "embedder.bulk", "--data", str(data), "--ray-address", address],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert f"stopped: --ray-address {address}: nothing answers there" in done.stderr
+
+
 def test_redis_retries_ride_out_a_restart_and_give_up_after_the_patience() -> None:
     server = RedisProcess(free_port())
     server.start()
@@ -280,7 +302,7 @@ def test_the_pool_is_sized_from_the_cluster(tmp_path: Path) -> None:
 IMPORTS = """
 import sys
 import api.main, classifier.train, embedder, embedder.bulk, embedder.bulk.cli, embedder.bulk.job
-api.main.create_app
+api.main.create_app()
 print("RAY=" + str("ray" in sys.modules))
 """
 

@@ -58,6 +58,7 @@ class EncodeActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed `batch["text"]`; one output row per text (hash, status, error, ...)."""
         started = time.perf_counter()
+        started_at = time.time()  # wall clock: comparable across actors (and synced hosts)
         texts = [str(text) for text in batch["text"]]
         # Another run may have stored some since the driver looked; also checks Redis is up.
         cached = self._retrying(lambda: self.service.cached_mask(texts), "checking the cache")
@@ -83,10 +84,14 @@ class EncodeActor:
             "actor": np.array([self.name] * len(texts), dtype=object),
             # Busy time shared over the batch's rows: summed per actor it gives texts/s.
             "seconds": np.full(len(texts), seconds / max(len(texts), 1)),
-            # On the first row only, so sums stay right however Ray splits the output.
-            "redis_retries": np.array([self.retries] + [0] * (len(texts) - 1), dtype=np.int64),
+            "started_at": np.full(len(texts), started_at),
+            "ended_at": np.full(len(texts), time.time()),
+            "redis_retries": np.zeros(len(texts), dtype=np.int64),
         }
-        self.retries = 0
+        if len(texts):
+            # On the first row only, so sums stay right however Ray splits the output.
+            output["redis_retries"][0] = self.retries
+            self.retries = 0
         if self.return_vectors:
             output["vector"] = vectors
         return output

@@ -83,16 +83,18 @@ class BulkReport:
     redis_retries: int = 0
     actors: int | None = None
     gpus_per_actor: float | None = None
-    # Texts finished after the first batch came back, and over how long: the rate once the
-    # actors are loaded, without their start-up (which a long job amortises).
-    texts_after_first_batch: int = 0
-    seconds_after_first_batch: float = 0.0
+    # When the first batch started and the last one ended, on the actors' clocks: the
+    # pool's span once the actors were loaded, with Ray's hand-offs between batches but
+    # without start-up (which a long job amortises).
+    first_batch_started: float | None = None
+    last_batch_ended: float | None = None
 
-    def streaming_rate(self) -> float:
-        """Texts/s of the whole pool between its first and last batch (0 if one batch)."""
-        if self.seconds_after_first_batch <= 0:
+    def pool_rate(self) -> float:
+        """Texts encoded per second between the first batch's start and the last one's end."""
+        if self.first_batch_started is None or self.last_batch_ended is None:
             return 0.0
-        return self.texts_after_first_batch / self.seconds_after_first_batch
+        span = self.last_batch_ended - self.first_batch_started
+        return self.encoded / span if span > 0 else 0.0
 
     def actor_rates(self) -> dict[str, float]:
         """Texts encoded per busy second, per actor."""
@@ -118,6 +120,7 @@ class BulkReport:
             "texts/s per actor: "
             + (", ".join(f"{rate:.1f}" for rate in rates.values()) if rates else "none ran"),
             f"texts/s overall: {self.encoded / self.wall_seconds if self.wall_seconds else 0:.1f}",
+            "texts/s once loaded: " + (f"{self.pool_rate():.1f}" if self.encoded else "none ran"),
         ]
         if self.output_rows is not None:
             lines.append(f"output rows: {self.output_rows}")
@@ -190,6 +193,19 @@ def _sized_for_cluster(options: BulkOptions, resources: dict[str, float]) -> Bul
     return replace(options, actors=actors, gpus_per_actor=gpus_per_actor)
 
 
+def _check_reachable(address: str) -> None:
+    """Fail fast on a host:port nobody listens on: Ray itself retries for minutes."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise BulkJobError(f"--ray-address {address}: nothing answers there ({error})") from error
+
+
 def _start_ray(address: str | None) -> bool:
     """Join the cluster at `address`, or start Ray on this machine; True if started here."""
     import ray
@@ -198,8 +214,15 @@ def _start_ray(address: str | None) -> bool:
     context = DataContext.get_current()
     context.enable_progress_bars = False  # the job draws its own bar
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Its only warning is that its bars are off: they are, for the job's own.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
+    # Ray's metrics thread (opencensus) crashed workers here under heavy load and the job
+    # keeps its own counts; a cluster it joins keeps its own configuration.
+    local = {} if address else {"_system_config": {"enable_metrics_collection": False}}
     try:
         ray.init(
             address=address,
@@ -207,6 +230,7 @@ def _start_ray(address: str | None) -> bool:
             logging_level=logging.WARNING,
             log_to_driver=True,
             configure_logging=False,
+            **local,
         )
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = address or "this machine"
@@ -372,14 +396,11 @@ def _encode(
         disable=not options.progress,
     )
     failed_hashes: dict[str, str] = {}
-    first_batch_at: float | None = None
     for batch in encoded.iter_batches(batch_format="numpy", batch_size=None):
         status = batch["status"]
-        if first_batch_at is None:
-            first_batch_at = time.perf_counter()
-        else:
-            report.texts_after_first_batch += len(status)
-            report.seconds_after_first_batch = time.perf_counter() - first_batch_at
+        started_at, ended_at = float(batch["started_at"].min()), float(batch["ended_at"].max())
+        report.first_batch_started = min(report.first_batch_started or started_at, started_at)
+        report.last_batch_ended = max(report.last_batch_ended or ended_at, ended_at)
         done = status == ENCODED
         report.encoded += int(done.sum())
         report.already_cached += int((status == CACHED).sum())
