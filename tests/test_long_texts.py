@@ -269,3 +269,14 @@ def test_train_cli_reads_long_texts_as_asked(tmp_path, redis_url):
         *common, "--long-texts", "windows", "--embed-url", "http://127.0.0.1:9", "--out", "x"
     )
     assert remote.returncode == 2 and "--long-texts" in remote.stderr
+
+
+@pytest.mark.parametrize("pooling", ["max", "cls"])
+def test_windows_are_pooled_as_the_encoder_pools_tokens(pooling):
+    encoder = load_encoder(MINILM, max_seq_len=MAX_SEQ_LEN, backend="torch", pooling=pooling)
+    text = words(80, seed=13)
+    vector = service_for(encoder, None).embed([text]).vectors[0]
+    alone = np.stack([encode_alone(encoder, ids) for ids in expected_windows(encoder, text)])
+    # max: the maximum over every token position read; cls: the windows' first tokens' mean.
+    expected = alone.max(axis=0) if pooling == "max" else alone.mean(axis=0)
+    np.testing.assert_allclose(vector, expected, atol=2e-5)
