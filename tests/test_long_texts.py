@@ -237,8 +237,14 @@ def test_the_api_counts_long_texts_honestly(api, encoder):
     assert healed["embeddings"] == body["embeddings"]
     assert np.isfinite(np.frombuffer(client.get(key), dtype=np.float32)).all()
     client.close()
-    predict_free = api.post("/embed", json={"texts": [five_windows]}).json()
-    assert predict_free["cached"] == 1 and predict_free["truncated"] == 1
+    alone = api.post("/embed", json={"texts": [five_windows]}).json()
+    assert alone["cached"] == 1 and alone["truncated"] == 1
+    assert api.get("/health").json()["long_texts"] == {
+        "mode": "windows",
+        "max_windows": 3,
+        "overlap_tokens": OVERLAP,
+        "window_tokens": MAX_SEQ_LEN,
+    }
 
 
 def run_train(*arguments: str) -> subprocess.CompletedProcess:
