@@ -164,7 +164,8 @@ class Encoder:
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text before truncation, special tokens included."""
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encodings = encode(list(texts), add_special_tokens=True)  # no offsets: faster
         return np.fromiter((len(item.ids) for item in encodings), dtype=np.int64, count=len(texts))
 
     def count_truncated(self, texts: Sequence[str]) -> int:

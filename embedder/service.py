@@ -18,6 +18,7 @@ from embedder.errors import InvalidConfigError
 from embedder.pooling import l2_normalize
 from embedder.windows import (
     LONG_TEXT_MODES,
+    WHOLE,
     EncodeItem,
     TokenWindow,
     WindowPlan,
@@ -125,8 +126,7 @@ class EmbeddingService:
         """How each text is read: whole, or as windows (always whole in truncate mode)."""
         if self.splitter is not None:
             return self.splitter.plan(texts)
-        whole = WindowPlan((), False)
-        return [whole] * len(texts)
+        return [WHOLE] * len(texts)
 
     def _lookup(self, unique: list[str], *, count_truncated: bool) -> _Lookup:
         plans = dict(zip(unique, self.plan(unique), strict=True))

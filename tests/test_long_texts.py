@@ -237,8 +237,14 @@ def test_the_api_counts_long_texts_honestly(api, encoder):
     assert healed["embeddings"] == body["embeddings"]
     assert np.isfinite(np.frombuffer(client.get(key), dtype=np.float32)).all()
     client.close()
-    predict_free = api.post("/embed", json={"texts": [five_windows]}).json()
-    assert predict_free["cached"] == 1 and predict_free["truncated"] == 1
+    alone = api.post("/embed", json={"texts": [five_windows]}).json()
+    assert alone["cached"] == 1 and alone["truncated"] == 1
+    assert api.get("/health").json()["long_texts"] == {
+        "mode": "windows",
+        "max_windows": 3,
+        "overlap_tokens": OVERLAP,
+        "window_tokens": MAX_SEQ_LEN,
+    }
 
 
 def run_train(*arguments: str) -> subprocess.CompletedProcess:
@@ -269,3 +275,14 @@ def test_train_cli_reads_long_texts_as_asked(tmp_path, redis_url):
         *common, "--long-texts", "windows", "--embed-url", "http://127.0.0.1:9", "--out", "x"
     )
     assert remote.returncode == 2 and "--long-texts" in remote.stderr
+
+
+@pytest.mark.parametrize("pooling", ["max", "cls"])
+def test_windows_are_pooled_as_the_encoder_pools_tokens(pooling):
+    encoder = load_encoder(MINILM, max_seq_len=MAX_SEQ_LEN, backend="torch", pooling=pooling)
+    text = words(80, seed=13)
+    vector = service_for(encoder, None).embed([text]).vectors[0]
+    alone = np.stack([encode_alone(encoder, ids) for ids in expected_windows(encoder, text)])
+    # max: the maximum over every token position read; cls: the windows' first tokens' mean.
+    expected = alone.max(axis=0) if pooling == "max" else alone.mean(axis=0)
+    np.testing.assert_allclose(vector, expected, atol=2e-5)

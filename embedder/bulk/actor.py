@@ -28,6 +28,7 @@ class EncodeActor:
     Args:
         model: Model name or directory.
         encoder_options: Keyword arguments of `load_encoder` (Settings.encoder_options()).
+        long_text_options: Keyword arguments of `EmbeddingService` (Settings.long_text_options()).
         redis_url: The cache's Redis.
         redis_cluster: Whether `redis_url` is a Redis Cluster.
         ttl_seconds: Expiry of new entries (None: none).
@@ -40,6 +41,7 @@ class EncodeActor:
         self,
         model: str,
         encoder_options: dict[str, Any],
+        long_text_options: dict[str, Any],
         redis_url: str,
         redis_cluster: bool,
         ttl_seconds: int | None,
@@ -48,7 +50,7 @@ class EncodeActor:
     ) -> None:
         encoder = load_encoder(model, **encoder_options)
         self.cache = EmbeddingCache(redis_client(redis_url, redis_cluster), ttl_seconds)
-        self.service = EmbeddingService(encoder, self.cache)
+        self.service = EmbeddingService(encoder, self.cache, **long_text_options)
         self.redis_url = redis_url
         self.patience_seconds = patience_seconds
         self.return_vectors = return_vectors

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         data=arguments.data,
         model=arguments.model,
         encoder_options=encoder_options,
+        long_text_options=settings.long_text_options(),
         redis_url=arguments.redis_url,
         redis_cluster=settings.redis_cluster,
         ttl_seconds=settings.cache_ttl_seconds,

@@ -40,6 +40,9 @@ class BulkOptions:
     model: str
     encoder_options: dict[str, Any]
     redis_url: str
+    # EmbeddingService's long-text options (Settings.long_text_options()): the same as the
+    # server's, so a long text's windows land under the keys a server reads.
+    long_text_options: dict[str, Any] = field(default_factory=dict)
     redis_cluster: bool = False
     ttl_seconds: int | None = None
     text_column: str = "text"
@@ -148,7 +151,7 @@ def run_bulk(options: BulkOptions) -> BulkReport:
         cache = EmbeddingCache(
             redis_client(options.redis_url, options.redis_cluster), options.ttl_seconds
         )
-        service = EmbeddingService(encoder, cache)
+        service = EmbeddingService(encoder, cache, **options.long_text_options)
         if options.output:
             output = VectorsFile(options.output, encoder.dim)
         report = BulkReport()
@@ -376,6 +379,7 @@ def _encode(
         fn_constructor_kwargs={
             "model": options.model,
             "encoder_options": options.encoder_options,
+            "long_text_options": options.long_text_options,
             "redis_url": options.redis_url,
             "redis_cluster": options.redis_cluster,
             "ttl_seconds": options.ttl_seconds,
