@@ -49,6 +49,11 @@ class Metrics:
             registry=self.registry,
         )
         self.cache_up = Gauge("bertheads_cache_up", "1 while Redis answers", registry=self.registry)
+        self.cache_rejected = Gauge(
+            "bertheads_cache_rejected_values",
+            "Cached vectors refused since start (wrong length, NaN or Inf), deleted and re-encoded",
+            registry=self.registry,
+        )
         self.trains_running = Gauge(
             "bertheads_trains_running",
             "Trains holding a slot of MAX_CONCURRENT_TRAINS",

@@ -161,6 +161,7 @@ class EmbeddingCache:
         self._masters = 0
         self.hits = 0
         self.misses = 0
+        self.rejected = 0  # entries refused (wrong length, NaN or Inf) and deleted
 
     # -- the client and its state ---------------------------------------------------------
 
@@ -533,10 +534,23 @@ class EmbeddingCache:
             return values
 
         expected = dim * 4
+        bad: list[str] = []
         for positions, values in self._per_node(keys, read).values():
             for position, value in zip(positions, values, strict=True):
-                if value and len(value) == expected:
-                    found[position] = np.frombuffer(value, dtype=np.float32)
+                if value is None:
+                    continue
+                vector = np.frombuffer(value, dtype=np.float32) if len(value) == expected else None
+                if vector is None or not np.isfinite(vector).all():
+                    bad.append(texts[position])  # a wrong length, NaN or Inf: never served
+                else:
+                    found[position] = vector
+        if bad:
+            self.rejected += len(bad)
+            logger.warning(
+                "%d cached vector(s) of the wrong length or with NaN/Inf: deleted, encoding again",
+                len(bad),
+            )
+            self.delete_many(fingerprint, bad)
         hits = sum(vector is not None for vector in found)
         self.hits += hits
         self.misses += len(texts) - hits

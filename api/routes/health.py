@@ -43,4 +43,5 @@ async def metrics(state: StateDep) -> Response:
     state.metrics.queue_depth.set(state.batcher.queue_depth)
     state.metrics.trains_running.set(state.train_slots.running)
     state.metrics.cache_up.set(1 if state.cache.up else 0)
+    state.metrics.cache_rejected.set(state.cache.rejected)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
