@@ -2,8 +2,8 @@
 
 `LexicalHead`: word 1-2-gram and char_wb 2-5-gram TF-IDF of the texts, one linear model
 (logistic regression, or a linear SVM whose decision values get a Platt mapping fitted
-on out-of-fold decisions). `HybridHead`: the same, plus the encoder's vector (L2-normalised,
-times `vector_weight`) as more columns of the same linear model.
+on out-of-fold decisions). `HybridHead`: the same, plus the encoder's vector (standardised, rows
+scaled to length about `vector_weight`) as more columns of the same linear model.
 
 Both follow the estimator contract of /work/brief/QUALITY-CONTRACT.md:
 `fit(X, y, texts=...)`, `predict_proba(X, texts=...)` with columns following `classes_`,
@@ -31,7 +31,7 @@ from classifier.errors import (
     SingleClassError,
     TrainingDataError,
 )
-from classifier.features.linear import LinearTextModel, l2_rows
+from classifier.features.linear import LinearTextModel, vector_block
 from classifier.features.text import STRIP_ACCENTS
 from classifier.features.tfidf import TfidfBlock, TfidfTransform
 
@@ -202,7 +202,7 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
         self._check_options()
         targets = self._targets(y)
         texts = check_texts(texts, len(targets))
-        vector_block = self._vector_block(X, len(targets))
+        vectors_part = self._vector_block(X, len(targets))
         min_df = self.min_df if len(texts) >= SMALL_CORPUS else 1
         blocks, matrices = [], []
         for analyzer, ngrams, cap in (
@@ -217,15 +217,15 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
                 matrices.append(matrix)
         lexical = sparse.hstack(matrices, format="csr")
         empty = np.flatnonzero(lexical.getnnz(axis=1) == 0)
-        if lexical.shape[1] == 0 and vector_block is None:
+        if lexical.shape[1] == 0 and vectors_part is None:
             raise TrainingDataError(
                 "texts: no text has a usable token (letters, digits); a lexical head needs some"
             )
         features = (
-            lexical if vector_block is None else sparse.hstack([vector_block, lexical], "csr")
+            lexical if vectors_part is None else sparse.hstack([vectors_part, lexical], "csr")
         )
         weight, bias, slope, intercept, output = self._fit_linear(features, targets)
-        dim = 0 if vector_block is None else vector_block.shape[1]
+        dim = 0 if vectors_part is None else vectors_part.shape[1]
         self.serving_ = LinearTextModel(
             TfidfTransform(blocks),
             weight[dim:],
@@ -235,7 +235,9 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
             slope,
             intercept,
             vector_weight=self._vector_weight(),
-            vector_matrix=weight[:dim] if vector_block is not None else None,
+            vector_matrix=weight[:dim] if vectors_part is not None else None,
+            vector_mean=getattr(self, "vector_mean_", None),
+            vector_scale=getattr(self, "vector_scale_", None),
         )
         self.n_features_in_ = dim or None
         self.lexical_report_ = {
@@ -389,8 +391,9 @@ class HybridHead(LexicalHead):
     """LexicalHead plus the encoder's vector as more columns of the same linear model.
 
     Args:
-        vector_weight: Scale of the L2-normalised vector block against the tf-idf blocks
-            (each of unit length): larger trusts the encoder more (shares C with them).
+        vector_weight: Length of the standardised vector block's rows against the tf-idf
+            blocks (each of unit length); one C for all, so a larger weight regularises
+            the vector's coefficients less and trusts the encoder more.
         **others: As LexicalHead.
 
     """
@@ -445,7 +448,10 @@ class HybridHead(LexicalHead):
             raise InputShapeError(f"X: need ({rows}, dim) vectors, got shape {X.shape}")
         if not np.isfinite(X).all():
             raise InputShapeError("X: vectors hold NaN or Inf")
-        return sparse.csr_matrix(l2_rows(X).astype(np.float64) * float(self.vector_weight))
+        self.vector_mean_ = X.mean(axis=0)
+        self.vector_scale_ = X.std(axis=0) + 1e-6
+        block = vector_block(X, self.vector_mean_, self.vector_scale_, float(self.vector_weight))
+        return sparse.csr_matrix(block)
 
 
 def make_lexical_head(**params: Any) -> LexicalHead:
