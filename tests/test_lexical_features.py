@@ -234,6 +234,11 @@ def test_texts_without_tokens_are_counted_and_still_trained_on_through_the_vecto
     trained = train_head(X, labels, texts=texts, features="hybrid", test_size=0, vector_weight=2.0)
     report = trained.metrics["lexical"]
     assert report["texts_without_tokens"] == 3 and report["rows_without_tokens"] == blank
+    assert report["texts_without_tokens_by_block"] == {"word": 3, "char_wb": 3}
+    texts[20] = "( b ) "  # a real sst2 text: no word token, but character n-grams
+    again = train_head(X, labels, texts=texts, features="hybrid", test_size=0)
+    assert again.metrics["lexical"]["texts_without_tokens_by_block"] == {"word": 4, "char_wb": 3}
+    assert again.metrics["lexical"]["texts_without_tokens"] == 3
     assert trained.n_train == len(labels)
     # Their prediction comes from the vector, not a constant prior.
     probabilities = trained.predict_proba(X[blank], [texts[row] for row in blank])

@@ -245,6 +245,12 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
             "min_df": min_df,
             "texts_without_tokens": len(empty),
             "rows_without_tokens": empty[:20].tolist(),
+            # Per block: a text of punctuation or one-letter words has no word n-gram
+            # but may still have character n-grams.
+            "texts_without_tokens_by_block": {
+                block.analyzer: int((matrix.getnnz(axis=1) == 0).sum())
+                for block, matrix in zip(blocks, matrices, strict=True)
+            },
         }
         self.texts_without_tokens_ = len(empty)
         self.fit_seconds_ = time.perf_counter() - started
