@@ -31,6 +31,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "hybrid logreg w=0.5": {"head": "logreg", "features": "hybrid", "vector_weight": 0.5},
     "hybrid logreg w=1": {"head": "logreg", "features": "hybrid", "vector_weight": 1.0},
     "hybrid logreg w=2": {"head": "logreg", "features": "hybrid", "vector_weight": 2.0},
+    "hybrid logreg w=1 C=10": {
+        "head": "logreg",
+        "features": "hybrid",
+        "vector_weight": 1.0,
+        "C": 10.0,
+    },
     "hybrid svm w=1": {"head": "svm", "features": "hybrid", "vector_weight": 1.0},
 }
 
@@ -41,6 +47,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-train", type=int, default=16_000, help="cached rows used, at most")
     parser.add_argument("--candidates", help="comma-separated names (default: all)")
+    parser.add_argument("--result", default="lexical_quality", help="bench/results/<name>.json")
     return parser.parse_args()
 
 
@@ -148,7 +155,7 @@ def main() -> int:
                 flush=True,
             )
         results["sets"][name] = per_set
-    write_result("lexical_quality", results)
+    write_result(arguments.result, results)
     return 0
 
 
