@@ -360,3 +360,17 @@ def test_text_heads_learn_hate_speech(features, minilm):
     )
     assert trained.metrics["accuracy"] > (0.62 if features == "lexical" else 0.70)
     assert trained.metrics["lexical"]["vocabulary"] > 1000
+
+
+def test_a_lexical_head_serves_under_any_encoder_a_hybrid_only_under_its_own(tmp_path):
+    from classifier.errors import FingerprintMismatchError
+
+    X, texts, labels = small_data()
+    for features in ("lexical", "hybrid"):
+        trained = train_head(X, labels, texts=texts, features=features, test_size=0)
+        save_head(trained, tmp_path / "models", features, ENCODER)
+    lexical = load_head(tmp_path / "models", "lexical", expected_fingerprint="another")
+    assert not lexical.needs_vectors
+    assert [p["label"] for p in lexical.predict(None, texts[:2])] == labels[:2]
+    with pytest.raises(FingerprintMismatchError):
+        load_head(tmp_path / "models", "hybrid", expected_fingerprint="another")
