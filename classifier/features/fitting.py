@@ -222,7 +222,8 @@ class LexicalHead(ClassifierMixin, BaseEstimator):
         empty = np.flatnonzero(lexical.getnnz(axis=1) == 0)
         if lexical.shape[1] == 0 and vectors_part is None:
             raise TrainingDataError(
-                "texts: no text has a usable token (letters, digits); a lexical head needs some"
+                "texts: no text has a usable token (no word or character n-gram is in enough "
+                "texts); a lexical head needs some"
             )
         features = (
             lexical if vectors_part is None else sparse.hstack([vectors_part, lexical], "csr")
