@@ -409,7 +409,7 @@ def _stack(
     oof = np.zeros((len(y), len(spec.labels)), dtype=np.float32)
     fold_scores = []
     for train, held in folds:
-        weights, bias = fit_meta(spec.task, features[train], y[train])
+        weights, bias = fit_meta(spec.task, features[train], y[train], n_classes=len(spec.labels))
         oof[held] = meta_probabilities(spec.task, features[held], weights, bias)
         fold_score = score(spec, y[held], oof[held])
         if fold_score is not None:
