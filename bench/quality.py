@@ -378,7 +378,10 @@ def write_doc(results: dict[str, Any], command: str) -> None:
                 "|---|---|---|---|---|---|---|",
             ]
             tested = {row["candidate"]: row for row in item["singles"]}
+            skipped = [row["candidate"] for row in item["leaderboard"] if row["cv_score"] is None]
             for row in item["leaderboard"]:
+                if row["cv_score"] is None:
+                    continue
                 value = tested.get(row["candidate"], {}).get(item["primary_metric"])
                 score = "—" if row["cv_score"] is None else f"{row['cv_score']:.4f}"
                 spread = "—" if row["cv_std"] is None else f"{row['cv_std']:.4f}"
@@ -387,6 +390,8 @@ def write_doc(results: dict[str, Any], command: str) -> None:
                     f"{row['fit_seconds']:.2f} | {row['status']} | "
                     f"{'—' if value is None else f'{value:.4f}'} |"
                 )
+            if skipped:
+                lines += ["", f"Not started within the budget: {', '.join(skipped)}."]
             lines.append("")
     timing = results.get("timing")
     if timing:
