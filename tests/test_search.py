@@ -283,3 +283,18 @@ def test_a_named_head_gets_the_baseline_on_its_own_split(support):
     assert baseline["metrics"]["n_rows"] == trained.metrics["n_rows"]
     assert set(baseline["head_minus_baseline"]) >= {"accuracy", "macro_f1"}
     assert trained.report["calibration"]["method"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["a", "b", "a", "b"], "test_size"),
+        (["a", "a", "a", "a"], "only one class"),
+    ],
+)
+def test_data_too_small_or_of_one_class_is_a_training_data_error(support, labels, message):
+    from classifier.errors import TrainingDataError
+
+    texts, _, vectors = support
+    with pytest.raises(TrainingDataError, match=message):
+        train_reported(vectors[:4], labels, texts=texts[:4], test_size=0.2, budget_seconds=1)
