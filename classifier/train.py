@@ -37,9 +37,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--head",
         choices=["auto", "logreg", "mlp", "svm"],
-        default="auto",
-        help="auto (default): search head families by CV within --budget-seconds; "
-        "embedding: logreg or mlp; lexical / hybrid: logreg or svm",
+        help="auto (the default): search head families by CV within --budget-seconds; "
+        "embedding: logreg or mlp; lexical / hybrid: logreg or svm. Unset with an option "
+        "of a named head (--loss, --C, --features, ...): logreg",
     )
     parser.add_argument(
         "--budget-seconds",
@@ -249,14 +249,20 @@ HEAD_ONLY_FLAGS: dict[str, Any] = {
 }
 
 
-def refuse_head_options(arguments: argparse.Namespace) -> None:
-    """--head auto chooses these itself: a flag given with it exits 2 rather than being ignored."""
+def resolve_head(arguments: argparse.Namespace) -> None:
+    """Set `arguments.head`: auto unless a named head's flag is given (then logreg, as before).
+
+    `--head auto` chooses those options itself: one given with it exits 2 rather than
+    being ignored.
+    """
     given = [
         "--" + name.replace("_", "-")
         for name, default in HEAD_ONLY_FLAGS.items()
         if getattr(arguments, name, default) != default
     ]
-    if given:
+    if arguments.head is None:
+        arguments.head = "logreg" if given else "auto"
+    if arguments.head == "auto" and given:
         raise _invalid(
             f"{', '.join(given)}: only with a named head (--head logreg, mlp or svm); "
             "--head auto searches the families and their options itself"
@@ -367,8 +373,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     name = arguments.name or re.sub(r"[^A-Za-z0-9_.-]", "_", arguments.data.resolve().parent.name)
     out_dir = arguments.out or REPO_ROOT / "runs" / name
 
-    if arguments.head == "auto":
-        refuse_head_options(arguments)
+    resolve_head(arguments)
     options: dict[str, Any] = {
         "label_names": label_columns,
         "head": arguments.head,

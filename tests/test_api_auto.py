@@ -34,11 +34,18 @@ def test_the_default_head_answers_with_its_leaderboard_baseline_and_calibration(
     assert predicted.status_code == 200, predicted.text
 
 
+def test_a_named_head_s_option_without_a_head_trains_logreg_as_before(client):
+    answer = train(client, "support", support_examples(60), class_weight="balanced")
+    described = client.get("/heads/support").json()["versions"][-1]
+    assert described["params"]["head"] == "logreg" and "leaderboard" not in answer
+    assert "baseline" in answer
+
+
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"loss": "focal"}, "loss"),
-        ({"features": "hybrid"}, "features"),
+        ({"head": "auto", "loss": "focal"}, "loss"),
+        ({"head": "auto", "features": "hybrid"}, "features"),
         ({"head": "logreg", "budget_seconds": 5}, "budget_seconds"),
         ({"budget_seconds": 300}, "budget_seconds"),
     ],
