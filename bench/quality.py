@@ -456,7 +456,8 @@ def main() -> None:
         sets = run_sets(arguments)
         sets["command"] = command_line()
         sets["load_average"] = load
-        results["sets"] = sets
+        # A run of some sets keeps the figures of the others.
+        results["sets"] = {**results.get("sets", {}), **sets}
         write_result("quality", results)
     if "timing" in parts:
         results["timing"] = run_timing(arguments)
