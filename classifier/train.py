@@ -520,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if test is None else f" and {test} evaluation text(s)")
             + " without a usable token (empty TF-IDF row"
             + (", predicted from the vector)" if metrics.get("features") == "hybrid" else ")")
+            + "".join(
+                f"; {count} without a {block} n-gram"
+                for block, count in lexical.get("texts_without_tokens_by_block", {}).items()
+                if count
+            )
         )
     print_report(metrics)
     if "saved" in metrics:

@@ -2,7 +2,11 @@
 
 What `LexicalHead` and `HybridHead` serve as. Scores are
 
-    tfidf(texts) @ lexical_weight + vector_weight * l2(vectors) @ vector_weight_matrix + bias
+    tfidf(texts) @ lexical_weight + standardised(vectors) * scale @ vector_matrix + bias
+
+where standardised(vectors) = (vectors - vector_mean) / vector_scale (the training rows'
+mean and spread) and scale = vector_weight / sqrt(dim), so the vector block's rows have
+length about `vector_weight`, against 1 for each L2-normalised tf-idf block.
 
 then mapped to probabilities by `output`:
 
@@ -27,11 +31,12 @@ from classifier.features.tfidf import TfidfTransform
 OUTPUTS: tuple[str, ...] = ("binary", "softmax", "sigmoid", "normalized_sigmoid")
 
 
-def l2_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
+def vector_block(
+    vectors: np.ndarray, mean: np.ndarray, scale: np.ndarray, weight: float
+) -> np.ndarray:
+    """Standardised vectors times weight / sqrt(dim): rows of length about `weight`, float64."""
+    standardised = (np.asarray(vectors, dtype=np.float32) - mean) / scale
+    return standardised.astype(np.float64) * (weight / np.sqrt(len(mean)))
 
 
 class LinearTextModel:
@@ -44,8 +49,9 @@ class LinearTextModel:
         output: One of OUTPUTS.
         classes: The head's `classes_` (JSON values), in column order.
         slope, intercept: (n_scores,) decision -> logit mapping.
-        vector_weight: Weight of the L2-normalised vector block (0 for lexical-only).
+        vector_weight: Length of the vector block's rows (0 for lexical-only).
         vector_matrix: (dim, n_scores) weights of the vector block, or None.
+        vector_mean, vector_scale: (dim,) standardisation of the vectors (with vector_matrix).
 
     """
 
@@ -62,6 +68,8 @@ class LinearTextModel:
         intercept: np.ndarray | None = None,
         vector_weight: float = 0.0,
         vector_matrix: np.ndarray | None = None,
+        vector_mean: np.ndarray | None = None,
+        vector_scale: np.ndarray | None = None,
     ) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output: {output!r} is not one of {list(OUTPUTS)}")
@@ -91,13 +99,18 @@ class LinearTextModel:
         if self.slope_.shape != (expected,) or self.intercept_.shape != (expected,):
             raise ValueError(f"slope and intercept: need shape ({expected},)")
         self.vector_weight_ = float(vector_weight)
-        self.vector_matrix_ = None
+        self.vector_matrix_ = self.vector_mean_ = self.vector_scale_ = None
         if vector_matrix is not None:
             self.vector_matrix_ = np.asarray(vector_matrix, dtype=np.float32)
             if self.vector_matrix_.ndim != 2 or self.vector_matrix_.shape[1] != expected:
                 raise ValueError(
                     f"vector_matrix: shape {self.vector_matrix_.shape} is not (dim, {expected})"
                 )
+            dim = self.vector_matrix_.shape[0]
+            self.vector_mean_ = np.asarray(vector_mean, dtype=np.float32)
+            self.vector_scale_ = np.asarray(vector_scale, dtype=np.float32)
+            if self.vector_mean_.shape != (dim,) or self.vector_scale_.shape != (dim,):
+                raise ValueError(f"vector_mean and vector_scale: need shape ({dim},)")
         self.inputs_: tuple[str, ...] = (
             ("vectors", "texts") if self.vector_matrix_ is not None else ("texts",)
         )
@@ -125,7 +138,7 @@ class LinearTextModel:
                 raise InputShapeError(
                     f"X: shape {X.shape} is not ({len(rows)}, {self.vector_matrix_.shape[0]})"
                 )
-            block = l2_rows(X).astype(np.float64) * self.vector_weight_
+            block = vector_block(X, self.vector_mean_, self.vector_scale_, self.vector_weight_)
             scores += block @ self.vector_matrix_.astype(np.float64)
         return scores + self.bias_.astype(np.float64)
 
@@ -161,6 +174,8 @@ class LinearTextModel:
         }
         if self.vector_matrix_ is not None:
             parts["vector_matrix"] = self.vector_matrix_
+            parts["vector_mean"] = self.vector_mean_
+            parts["vector_scale"] = self.vector_scale_
         config = {
             "output": self.output_,
             "classes": self.classes_.tolist(),
@@ -184,4 +199,6 @@ class LinearTextModel:
             parts["intercept"],
             float(config["vector_weight"]),
             parts.get("vector_matrix"),
+            parts.get("vector_mean"),
+            parts.get("vector_scale"),
         )

@@ -65,6 +65,5 @@ def char_wb_ngrams(text: str, low: int, high: int) -> list[str]:
                 # A short word counts once, whole, as scikit-learn does.
                 append(padded)
                 break
-            for offset in range(length - size + 1):
-                append(padded[offset : offset + size])
+            grams.extend([padded[offset : offset + size] for offset in range(length - size + 1)])
     return grams

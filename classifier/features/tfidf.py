@@ -10,9 +10,9 @@ Rows come out as `SparseRows` (CSR arrays): a batch of texts never becomes a den
 (n, vocabulary) matrix on the serving path.
 """
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,14 @@ class SparseRows:
         if len(self.data):
             rows = np.repeat(np.arange(len(self)), np.diff(self.indptr))
             contributions = weight[self.indices].astype(np.float64) * self.data[:, None]
-            np.add.at(out, rows, contributions)
+            if weight.shape[1] <= 32:
+                # bincount per output column beats the unbuffered np.add.at for few columns.
+                for column in range(weight.shape[1]):
+                    out[:, column] = np.bincount(
+                        rows, weights=contributions[:, column], minlength=len(self)
+                    )
+            else:
+                np.add.at(out, rows, contributions)
         return out
 
 
@@ -97,25 +104,37 @@ class TfidfBlock:
         low, high = self.ngram_range
         return self._ngrams(self._preprocess(text), low, high)
 
-    def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(columns sorted, L2-normalised tf-idf values) of one text."""
-        lookup = self._index.get
-        counts = Counter(
-            column for gram in self.analyze(text) if (column := lookup(gram)) is not None
+    def entries(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, columns, L2-normalised tf-idf values) of a batch, sorted by row then column.
+
+        One numpy pass over the whole batch: per-text numpy calls would cost more than
+        the n-gram lookups themselves on short texts.
+        """
+        grams: list[str] = []
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        for row, text in enumerate(texts):
+            analyzed = self.analyze(text)
+            grams.extend(analyzed)
+            lengths[row] = len(analyzed)
+        # One C-level pass of dict lookups for the whole batch; -1 marks unknown n-grams.
+        columns = np.fromiter(
+            map(self._index.get, grams, repeat(-1)), dtype=np.int64, count=len(grams)
         )
-        if not counts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        columns = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        values = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-        order = np.argsort(columns)
-        columns, values = columns[order], values[order]
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        known = columns >= 0
+        width = max(len(self.vocabulary), 1)
+        keys = rows[known] * width + columns[known]
+        if not len(keys):
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.float64)
+        unique, counts = np.unique(keys, return_counts=True)
+        rows, columns = np.divmod(unique, width)
+        values = counts.astype(np.float64)
         if self.sublinear_tf:
             values = np.log(values) + 1.0
-        values = values * self.idf[columns].astype(np.float64)
-        norm = np.sqrt(np.dot(values, values))
-        if norm > 0:
-            values = values / norm
-        return columns, values
+        values *= self.idf[columns].astype(np.float64)
+        norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=len(texts)))
+        return rows, columns, values / norms[rows]
 
     def config(self) -> dict[str, Any]:
         """JSON settings (the arrays go to parts)."""
@@ -147,23 +166,20 @@ class TfidfTransform:
 
     def transform(self, texts: Sequence[str]) -> SparseRows:
         """CSR tf-idf rows (n, n_features_), float64, each block L2-normalised."""
-        indptr = [0]
-        indices: list[np.ndarray] = []
-        data: list[np.ndarray] = []
-        for text in texts:
-            size = 0
-            for offset, block in zip(self.offsets_, self.blocks, strict=False):
-                columns, values = block.row(text)
-                indices.append(columns + offset)
-                data.append(values)
-                size += len(columns)
-            indptr.append(indptr[-1] + size)
-        return SparseRows(
-            np.asarray(indptr, dtype=np.int64),
-            np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64),
-            np.concatenate(data) if data else np.zeros(0, dtype=np.float64),
-            self.n_features_,
-        )
+        parts = [
+            (rows, columns + offset, values)
+            for offset, block in zip(self.offsets_, self.blocks, strict=False)
+            for rows, columns, values in [block.entries(texts)]
+        ]
+        rows = np.concatenate([part[0] for part in parts])
+        columns = np.concatenate([part[1] for part in parts])
+        values = np.concatenate([part[2] for part in parts])
+        if len(parts) > 1:
+            order = np.lexsort((columns, rows))
+            rows, columns, values = rows[order], columns[order], values[order]
+        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(texts)), out=indptr[1:])
+        return SparseRows(indptr, columns.astype(np.int64), values, self.n_features_)
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Vocabularies as string lists, idf as float32 arrays (see classifier.persist)."""
