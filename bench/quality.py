@@ -329,7 +329,13 @@ def write_doc(results: dict[str, Any], command: str) -> None:
         lines += [
             "## Sets",
             "",
-            f"Command: `{sets['command']}` (load average {sets['load_average']}).",
+            "Commands (load average when each started):",
+            "",
+            *[
+                f"- {name}: `{sets[name]['command']}` ({sets[name]['load_average']})"
+                for name in ("hate_speech", "toxic", "sst2")
+                if name in sets
+            ],
             "",
             "| set (train → test rows) | metric | target | default head | chosen | best single "
             "candidate (test) | default − best single | TF-IDF baseline | default − baseline |"
@@ -518,8 +524,9 @@ def main() -> None:
     if "sets" in parts:
         load = load_average()
         sets = run_sets(arguments)
-        sets["command"] = command_line()
-        sets["load_average"] = load
+        for name in arguments.sets.split(","):
+            sets[name]["command"] = command_line()
+            sets[name]["load_average"] = load
         # A run of some sets keeps the figures of the others.
         results["sets"] = {**results.get("sets", {}), **sets}
         write_result("quality", results)
