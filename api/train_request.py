@@ -214,7 +214,8 @@ def head_options(body: TrainRequest, settings: Settings) -> dict[str, Any]:
     No head: "auto", or "logreg" when an option only a named head takes is sent (what
     such a request trained before auto existed). An option of a named head sent with
     head "auto" is a 422 naming it rather than being ignored; so is a budget sent with a
-    named head, or one that cannot end before TRAIN_TIMEOUT_SECONDS.
+    named head, or one that cannot end before TRAIN_TIMEOUT_SECONDS. Without one, the
+    budget is TRAIN_BUDGET_SECONDS, or half of TRAIN_TIMEOUT_SECONDS when that is less.
     """
     given = [name for name in HEAD_ONLY_FIELDS if name in body.model_fields_set]
     head = body.head or ("logreg" if given else "auto")
@@ -240,7 +241,12 @@ def head_options(body: TrainRequest, settings: Settings) -> dict[str, Any]:
             "the families and their options itself",
             given[0],
         )
-    budget = body.budget_seconds or settings.train_budget_seconds
+    if body.budget_seconds is None:
+        # The server's own default never makes a train fail: half the time limit at most
+        # leaves the rest for the refit, the baseline and saving.
+        budget = min(settings.train_budget_seconds, settings.train_timeout_seconds / 2)
+        return {"head": "auto", "budget_seconds": budget}
+    budget = body.budget_seconds
     if budget >= settings.train_timeout_seconds:
         raise InvalidInputError(
             f"budget_seconds: {budget:g} s does not leave time to refit and save within "
