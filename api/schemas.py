@@ -80,10 +80,12 @@ class TrainRequest(BaseModel):
     text_col: CleanStr = "text"
     label_col: CleanStr = "label"
     label_cols: list[LabelStr] | None = None
-    head: Literal["auto", "logreg", "mlp", "svm"] = Field(
-        "auto",
-        description="auto: search head families by cross-validation within budget_seconds "
-        "and keep the best; logreg or mlp on the vectors; logreg or svm for lexical / hybrid.",
+    head: Literal["auto", "logreg", "mlp", "svm"] | None = Field(
+        None,
+        description="auto (the default): search head families by cross-validation within "
+        "budget_seconds and keep the best; logreg or mlp on the vectors; logreg or svm for "
+        "lexical / hybrid. Unset with an option only a named head takes (loss, features, "
+        "...): logreg, as before auto existed.",
     )
     budget_seconds: float | None = Field(
         None,

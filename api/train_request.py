@@ -211,18 +211,23 @@ HEAD_ONLY_FIELDS: tuple[str, ...] = (
 def head_options(body: TrainRequest, settings: Settings) -> dict[str, Any]:
     """The head's train options: the auto search's budget, or a named head's options.
 
-    An option only a named head takes, sent with head "auto", is a 422 naming it rather
-    than being ignored; so is a budget sent with a named head, or one that cannot end
-    before TRAIN_TIMEOUT_SECONDS.
+    No head: "auto", or "logreg" when an option only a named head takes is sent (what
+    such a request trained before auto existed). An option of a named head sent with
+    head "auto" is a 422 naming it rather than being ignored; so is a budget sent with a
+    named head, or one that cannot end before TRAIN_TIMEOUT_SECONDS. Without one, the
+    budget is TRAIN_BUDGET_SECONDS, or half of TRAIN_TIMEOUT_SECONDS when that is less.
     """
-    if body.head != "auto":
+    given = [name for name in HEAD_ONLY_FIELDS if name in body.model_fields_set]
+    head = body.head or ("logreg" if given else "auto")
+    if head != "auto":
+        body = body.model_copy(update={"head": head})
         if body.budget_seconds is not None:
             raise InvalidInputError(
                 "budget_seconds: only for head 'auto' (the search's time budget)",
                 "budget_seconds",
             )
         return {
-            "head": body.head,
+            "head": head,
             "loss": body.loss,
             "gamma": body.gamma,
             "alpha": body.alpha,
@@ -230,14 +235,18 @@ def head_options(body: TrainRequest, settings: Settings) -> dict[str, Any]:
             "resample": body.resample,
             **feature_options(body),
         }
-    given = [name for name in HEAD_ONLY_FIELDS if name in body.model_fields_set]
     if given:
         raise InvalidInputError(
             f"{given[0]}: only for a named head (logreg, mlp, svm); head 'auto' searches "
             "the families and their options itself",
             given[0],
         )
-    budget = body.budget_seconds or settings.train_budget_seconds
+    if body.budget_seconds is None:
+        # The server's own default never makes a train fail: half the time limit at most
+        # leaves the rest for the refit, the baseline and saving.
+        budget = min(settings.train_budget_seconds, settings.train_timeout_seconds / 2)
+        return {"head": "auto", "budget_seconds": budget}
+    budget = body.budget_seconds
     if budget >= settings.train_timeout_seconds:
         raise InvalidInputError(
             f"budget_seconds: {budget:g} s does not leave time to refit and save within "

@@ -28,12 +28,18 @@ def holdout_rows(targets: np.ndarray, test_size: float, seed: int) -> tuple[np.n
 
     if not 0 < test_size < 1:
         raise InvalidParameterError(f"test_size: must be in (0, 1), got {test_size}")
-    train, held = train_test_split(
-        np.arange(len(targets)),
-        test_size=test_size,
-        stratify=stratify_key(targets),
-        random_state=seed,
-    )
+    try:
+        train, held = train_test_split(
+            np.arange(len(targets)),
+            test_size=test_size,
+            stratify=stratify_key(targets),
+            random_state=seed,
+        )
+    except ValueError as error:
+        # Too few rows to hold out one of each class: the data's fault, said so.
+        raise TrainingDataError(
+            f"test_size: cannot hold out {test_size:g} of {len(targets)} rows ({error})"
+        ) from None
     return train, held
 
 

@@ -24,6 +24,7 @@ from classifier.dense import sigmoid, softmax
 # The meta-model has a handful of inputs per member; C=1 on log-odds keeps one very
 # confident member from taking all the weight on few rows.
 META_C = 1.0
+ABSENT_BIAS = -30.0
 
 
 def meta_features(task: str, probabilities: Sequence[np.ndarray]) -> np.ndarray:
@@ -38,15 +39,34 @@ def meta_features(task: str, probabilities: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def fit_meta(
-    task: str, features: np.ndarray, targets: np.ndarray, C: float = META_C
+    task: str,
+    features: np.ndarray,
+    targets: np.ndarray,
+    C: float = META_C,
+    n_classes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit the meta-model; returns (weights, bias) as StackedClassifier takes them."""
+    """Fit the meta-model; returns (weights, bias) as StackedClassifier takes them.
+
+    `n_classes` (multi-class): the head's class count, when `targets` may lack some.
+    """
     from sklearn.linear_model import LogisticRegression
 
     if task != "multilabel":
         model = LogisticRegression(C=C, max_iter=2000).fit(features, targets)
         weights = np.asarray(model.coef_, dtype=np.float64).T  # (F, 1) binary, (F, K) multi
-        return weights, np.asarray(model.intercept_, dtype=np.float64)
+        bias = np.asarray(model.intercept_, dtype=np.float64)
+        if task == "multiclass" and n_classes is not None and len(model.classes_) < n_classes:
+            # Rows without some class (a CV fold around a rare class): it gets no weight
+            # and a bias that keeps its probability near 0.
+            present = np.asarray(model.classes_, dtype=np.int64)
+            if len(present) == 2:  # scikit-learn fits one column for two classes
+                weights = np.column_stack([-weights[:, 0] / 2, weights[:, 0] / 2])
+                bias = np.array([-bias[0] / 2, bias[0] / 2])
+            full_weights = np.zeros((features.shape[1], n_classes))
+            full_bias = np.full(n_classes, ABSENT_BIAS)
+            full_weights[:, present], full_bias[present] = weights, bias
+            return full_weights, full_bias
+        return weights, bias
     members, labels = features.shape[1], features.shape[2]
     weights, bias = np.zeros((members, labels)), np.zeros(labels)
     for label in range(labels):

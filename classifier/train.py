@@ -37,9 +37,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--head",
         choices=["auto", "logreg", "mlp", "svm"],
-        default="auto",
-        help="auto (default): search head families by CV within --budget-seconds; "
-        "embedding: logreg or mlp; lexical / hybrid: logreg or svm",
+        help="auto (the default): search head families by CV within --budget-seconds; "
+        "embedding: logreg or mlp; lexical / hybrid: logreg or svm. Unset with an option "
+        "of a named head (--loss, --C, --features, ...): logreg",
     )
     parser.add_argument(
         "--budget-seconds",
@@ -263,14 +263,20 @@ HEAD_ONLY_FLAGS: dict[str, Any] = {
 }
 
 
-def refuse_head_options(arguments: argparse.Namespace) -> None:
-    """--head auto chooses these itself: a flag given with it exits 2 rather than being ignored."""
+def resolve_head(arguments: argparse.Namespace) -> None:
+    """Set `arguments.head`: auto unless a named head's flag is given (then logreg, as before).
+
+    `--head auto` chooses those options itself: one given with it exits 2 rather than
+    being ignored.
+    """
     given = [
         "--" + name.replace("_", "-")
         for name, default in HEAD_ONLY_FLAGS.items()
         if getattr(arguments, name, default) != default
     ]
-    if given:
+    if arguments.head is None:
+        arguments.head = "logreg" if given else "auto"
+    if arguments.head == "auto" and given:
         raise _invalid(
             f"{', '.join(given)}: only with a named head (--head logreg, mlp or svm); "
             "--head auto searches the families and their options itself"
@@ -297,6 +303,19 @@ def auto_options(
     return options
 
 
+def cv_baseline(trained: Any, texts: list[str], arguments: argparse.Namespace) -> dict[str, Any]:
+    """The baseline on the folds of --cv, against the head's out-of-fold metrics."""
+    from classifier.baseline import compare, cross_validated_baseline
+    from classifier.metrics import evaluate
+
+    targets = trained.evaluation[0]
+    baseline = cross_validated_baseline(
+        texts, targets, trained.spec, arguments.cv, seed=arguments.seed
+    )
+    head = evaluate(trained.spec, *trained.evaluation, trained.thresholds)
+    return compare(head, baseline)
+
+
 def print_report(metrics: dict[str, Any], shown_rows: int = 8) -> None:
     """The leaderboard, the chosen head against the baseline, and its calibration."""
     board = metrics.get("leaderboard")
@@ -321,7 +340,7 @@ def print_report(metrics: dict[str, Any], shown_rows: int = 8) -> None:
     baseline = metrics.get("baseline") or {}
     differences = baseline.get("head_minus_baseline") or {}
     if differences:
-        print(f"against the baseline {baseline['name']} (same split):")
+        print(f"against the baseline {baseline['name']} (same rows):")
         for key, difference in differences.items():
             print(
                 f"   {key:<12} head {metrics[key]:.4f}  baseline "
@@ -368,8 +387,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     name = arguments.name or re.sub(r"[^A-Za-z0-9_.-]", "_", arguments.data.resolve().parent.name)
     out_dir = arguments.out or REPO_ROOT / "runs" / name
 
-    if arguments.head == "auto":
-        refuse_head_options(arguments)
+    resolve_head(arguments)
     options: dict[str, Any] = {
         "label_names": label_columns,
         "head": arguments.head,
@@ -423,6 +441,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         trained, summary = cross_validate_head(
             train_vectors, train_labels, arguments.cv, texts=texts, **options
         )
+        trained.report["baseline"] = cv_baseline(trained, texts, arguments)
     trained_at = time.perf_counter()
 
     metrics = dict(trained.metrics)
@@ -452,6 +471,11 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     if "long_texts" in encoder_info:
         metrics["embedding"]["long_texts"] = encoder_info["long_texts"]
     metrics.update(trained.report)
+    if summary is not None and metrics.get("baseline"):
+        from classifier.baseline import compare
+
+        # Against the scores the report shows (the folds' means), not the pooled ones.
+        metrics["baseline"] = compare(metrics, metrics["baseline"])
     metrics["params"] = trained.params
     metrics.setdefault("features", trained.params.get("features", "embedding"))
     metrics["thresholds"] = trained.thresholds

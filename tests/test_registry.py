@@ -341,7 +341,9 @@ def test_a_full_disk_answers_507_and_keeps_serving(tmp_path, redis_url):
     try:
         settings = make_settings(tmp_path, redis_url, api_key=KEY, head_store=str(mount / "heads"))
         with TestClient(create_app(settings)) as client:
-            examples = {"examples": support_examples(60)}
+            # A logreg head (a few KB) fits the 256 KB store; the default auto head may be a
+            # stack with TF-IDF vocabularies, larger than the whole store.
+            examples = {"examples": support_examples(60), "head": "logreg"}
             assert client.post("/heads/h/train", json=examples, headers=AUTH).status_code == 200
             filler = mount / "filler"
             with pytest.raises(OSError), open(filler, "wb", buffering=0) as stream:

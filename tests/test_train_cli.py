@@ -88,7 +88,9 @@ def test_end_to_end_train_save_load_and_cached_rerun(tmp_path, minilm):
         assert (out / plot).stat().st_size > 1000
     loaded = load_head(models, "hate", expected_fingerprint=minilm.fingerprint())
     assert loaded.version == 1 and loaded.spec.labels == ("hate", "noHate")
-    rows = loaded.predict(minilm.encode(["a perfectly friendly sentence about gardening"]))
+    # The default head (auto) may read the texts too (a lexical, hybrid or stacked head).
+    text = ["a perfectly friendly sentence about gardening"]
+    rows = loaded.predict(minilm.encode(text), text)
     assert rows[0]["label"] in ("hate", "noHate")
     assert loaded.metadata["data_hashes"][train.name]
     assert str(tmp_path) not in json.dumps(loaded.metadata)  # served by GET /heads/{name}
