@@ -177,7 +177,8 @@ def test_hammering_predict_during_retrains(client):
         thread.start()
     try:
         for _ in range(3):
-            train(client, "support", support_examples(120))
+            # A quick named head: this test is about swaps under load, not the search.
+            train(client, "support", support_examples(120), head="logreg")
     finally:
         stop.set()
         for thread in threads:
