@@ -109,6 +109,7 @@ def write_jsonl_with_bad_rows(path: Path, texts: list[str]) -> dict[int, str]:
     return {row: problem for row, (_, problem) in planted.items()}
 
 
+@pytest.mark.skipif(not DATASETS.is_dir(), reason=f"needs the shared datasets at {DATASETS}")
 def test_a_corpus_lands_in_the_cache_equal_to_the_encoder_and_a_rerun_encodes_nothing(
     local_ray: str, bulk_url: str, minilm: Encoder, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -150,6 +151,7 @@ def test_a_corpus_lands_in_the_cache_equal_to_the_encoder_and_a_rerun_encodes_no
     )
 
 
+@pytest.mark.skipif(not DATASETS.is_dir(), reason=f"needs the shared datasets at {DATASETS}")
 def test_a_killed_run_restarted_finishes_with_the_same_vectors(
     local_ray: str, bulk_url: str, minilm: Encoder, tmp_path: Path
 ) -> None:
@@ -184,6 +186,7 @@ def test_a_killed_run_restarted_finishes_with_the_same_vectors(
     assert_same_vectors(cached_vectors(minilm, bulk_url, texts), minilm.encode_raw(texts))
 
 
+@pytest.mark.skipif(not DATASETS.is_dir(), reason=f"needs the shared datasets at {DATASETS}")
 def test_writes_refused_mid_job_are_retried_until_redis_takes_them(
     local_ray: str, bulk_url: str, minilm: Encoder, tmp_path: Path
 ) -> None:

@@ -86,6 +86,7 @@ def test_analyzers_produce_scikit_learns_ngrams(analyzer, ngram_range, strip_acc
     assert ours("ab cd", *ngram_range) == analyze("ab cd")
 
 
+@pytest.mark.skipif(not DATASETS.is_dir(), reason=f"needs the shared datasets at {DATASETS}")
 @pytest.mark.parametrize("strip_accents", [None, "unicode"])
 def test_numpy_transform_equals_scikit_learn_on_real_texts(strip_accents):
     texts = corpus()

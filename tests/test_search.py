@@ -262,6 +262,7 @@ def test_stack_and_calibrated_models_serve_with_numpy_alone(tmp_path, support):
     )
 
 
+@pytest.mark.skipif(not DATASETS.is_dir(), reason=f"needs the shared datasets at {DATASETS}")
 def test_multilabel_auto_selects_by_mean_roc_auc_and_tunes_thresholds(toxic):
     texts, matrix, vectors = toxic
     trained = train_reported(
