@@ -15,40 +15,11 @@ import numpy as np
 
 from bertheads.cancel import CancelToken, check
 from classifier.errors import InputShapeError, InvalidParameterError, TrainingDataError
-from classifier.tasks import TaskSpec, encode_labels, stratify_key
-from classifier.training import TrainedHead, _encode_like, train_head
+from classifier.tasks import TaskSpec, encode_labels, take_rows
+from classifier.training import TrainedHead, _encode_like, holdout_rows, train_head
 
 AUTO = "auto"
 BLAS_THREADS = 1
-
-
-def holdout_rows(targets: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The stratified split train_head makes for `test_size` (the same rows, same seed)."""
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < test_size < 1:
-        raise InvalidParameterError(f"test_size: must be in (0, 1), got {test_size}")
-    try:
-        train, held = train_test_split(
-            np.arange(len(targets)),
-            test_size=test_size,
-            stratify=stratify_key(targets),
-            random_state=seed,
-        )
-    except ValueError as error:
-        # Too few rows to hold out one of each class: the data's fault, said so.
-        raise TrainingDataError(
-            f"test_size: cannot hold out {test_size:g} of {len(targets)} rows ({error})"
-        ) from None
-    return train, held
-
-
-def _take(values: Any, rows: np.ndarray) -> Any:
-    if values is None:
-        return None
-    if isinstance(values, np.ndarray):
-        return values[rows]
-    return [values[row] for row in rows]
 
 
 def train_reported(
@@ -238,8 +209,8 @@ def _train_auto(
             )
     elif test_size > 0:
         train, held = holdout_rows(y, test_size, seed)
-        X, test_X = _take(X, train), _take(X, held)
-        text_rows, test_rows_texts = _take(text_rows, train), _take(text_rows, held)
+        X, test_X = take_rows(X, train), take_rows(X, held)
+        text_rows, test_rows_texts = take_rows(text_rows, train), take_rows(text_rows, held)
         y, test_y = y[train], y[held]
     try:
         result = search_heads(
@@ -394,8 +365,8 @@ def _attach_baseline_and_calibration(
             trained,
             spec,
             y[train],
-            _take(text_rows, train),
-            _take(text_rows, held),
+            take_rows(text_rows, train),
+            take_rows(text_rows, held),
             y[held],
             tune,
             seed,

@@ -44,7 +44,7 @@ from classifier.calibration import (
     reliability,
 )
 from classifier.errors import InvalidParameterError, TrainingDataError
-from classifier.tasks import TaskSpec, stratify_key
+from classifier.tasks import TaskSpec, stratify_key, take_rows
 
 # From this many rows on, 3 folds: each held-out fold still has 650+ rows, enough to rank
 # candidates, and the search costs 40 % less than with 5 (the budget buys more of it).
@@ -298,14 +298,6 @@ def selection_metric(spec: TaskSpec) -> str:
     return "roc_auc_mean" if spec.multilabel else "macro_f1"
 
 
-def _take(values: Any, rows: np.ndarray) -> Any:
-    if values is None:
-        return None
-    if isinstance(values, np.ndarray):
-        return values[rows]
-    return [values[row] for row in rows]
-
-
 def _fit(estimator: Any, inputs: Sequence[str], X: Any, y: np.ndarray, texts: Any) -> Any:
     if "texts" in inputs:
         return estimator.fit(X if "vectors" in inputs else None, y, texts=texts)
@@ -367,10 +359,16 @@ def _cross_validate(
         fit_started = time.perf_counter()
         try:
             model = _fit(
-                candidate.build(), candidate.inputs, _take(X, train), y[train], _take(texts, train)
+                candidate.build(),
+                candidate.inputs,
+                take_rows(X, train),
+                y[train],
+                take_rows(texts, train),
             )
             fit_times.append(time.perf_counter() - fit_started)
-            probabilities = _predict(model, candidate.inputs, _take(X, held), _take(texts, held))
+            probabilities = _predict(
+                model, candidate.inputs, take_rows(X, held), take_rows(texts, held)
+            )
         except (ValueError, TrainingDataError) as error:
             # scikit-learn refuses, e.g., a fold with one class of a label: the candidate
             # is out of the running, the search goes on.

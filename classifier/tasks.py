@@ -118,3 +118,12 @@ def stratify_key(targets: np.ndarray, min_count: int = 2) -> np.ndarray:
         if count < min_count:
             key[key == value] = largest
     return key
+
+
+def take_rows(values: Any, rows: np.ndarray) -> Any:
+    """Rows of an array, of a list (texts), or None."""
+    if values is None:
+        return None
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[row] for row in rows]

@@ -18,7 +18,7 @@ from classifier.features import FEATURES
 from classifier.heads import HEADS, LOSSES
 from classifier.metrics import decide, evaluate, tune_thresholds
 from classifier.resampling import RESAMPLE_METHODS
-from classifier.tasks import TaskSpec, encode_labels, stratify_key
+from classifier.tasks import TaskSpec, encode_labels, stratify_key, take_rows
 from classifier.weighting import Alpha
 
 
@@ -97,13 +97,23 @@ def predict_estimator(estimator: Any, X: np.ndarray | None, texts: Any) -> np.nd
     return estimator.predict_proba(X)
 
 
-def _take(values: Any, rows: np.ndarray) -> Any:
-    """Rows of an array, of a list (texts), or None."""
-    if values is None:
-        return None
-    if isinstance(values, np.ndarray):
-        return values[rows]
-    return [values[row] for row in rows]
+def holdout_rows(targets: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stratified split train_head makes for `test_size` (the same rows, same seed)."""
+    if not 0 < test_size < 1:
+        raise InvalidParameterError(f"test_size: must be in (0, 1), got {test_size}")
+    try:
+        train, held = train_test_split(
+            np.arange(len(targets)),
+            test_size=test_size,
+            stratify=stratify_key(targets),
+            random_state=seed,
+        )
+    except ValueError as error:
+        # Too few rows to hold out one of each class: the data's fault, said so.
+        raise TrainingDataError(
+            f"test_size: cannot hold out {test_size:g} of {len(targets)} rows ({error})"
+        ) from None
+    return train, held
 
 
 def _fit_and_tune(
@@ -128,10 +138,13 @@ def _fit_and_tune(
             random_state=seed,
         )
         probe = fit_estimator(
-            build_head(head, **params), _take(X, fit_rows), y[fit_rows], _take(texts, fit_rows)
+            build_head(head, **params),
+            take_rows(X, fit_rows),
+            y[fit_rows],
+            take_rows(texts, fit_rows),
         )
         probabilities = predict_estimator(
-            probe, _take(X, validation_rows), _take(texts, validation_rows)
+            probe, take_rows(X, validation_rows), take_rows(texts, validation_rows)
         )
         truth = (
             y[validation_rows]
@@ -295,13 +308,9 @@ def _fit_and_evaluate(
     if explicit_test:
         test_y = _encode_like(spec, test_labels, label_names)
     elif test_size > 0:
-        if not 0 < test_size < 1:
-            raise InvalidParameterError(f"test_size: must be in [0, 1), got {test_size}")
-        train_rows, test_rows = train_test_split(
-            np.arange(len(y)), test_size=test_size, stratify=stratify_key(y), random_state=seed
-        )
-        X, test_X = _take(X, train_rows), _take(X, test_rows)
-        texts, test_texts = _take(texts, train_rows), _take(texts, test_rows)
+        train_rows, test_rows = holdout_rows(y, test_size, seed)
+        X, test_X = take_rows(X, train_rows), take_rows(X, test_rows)
+        texts, test_texts = take_rows(texts, train_rows), take_rows(texts, test_rows)
         y, test_y = y[train_rows], y[test_rows]
     tune = spec.multilabel if tune_threshold is None else tune_threshold
     if tune and spec.task == "multiclass":
@@ -401,12 +410,12 @@ def cross_validate_head(
     fold_metrics, out_of_fold = [], np.zeros((len(y), len(spec.labels)), dtype=np.float32)
     for train_rows, test_rows in splitter.split(np.zeros(len(y)), stratify_key(y, min_count=folds)):
         fold = train_head(
-            _take(X, train_rows),
+            take_rows(X, train_rows),
             _rows(given, train_rows),
-            test_vectors=_take(X, test_rows),
+            test_vectors=take_rows(X, test_rows),
             test_labels=_rows(given, test_rows),
-            texts=_take(text_rows, train_rows),
-            test_texts=_take(text_rows, test_rows),
+            texts=take_rows(text_rows, train_rows),
+            test_texts=take_rows(text_rows, test_rows),
             **options,
         )
         fold_metrics.append(fold.metrics)
