@@ -17,7 +17,7 @@ from api.routes import embed, heads, health, openai_compat, predict
 from bertheads.connections import embedding_cache, redacted
 from bertheads.settings import Settings
 from embedder import EmbeddingService, load_encoder
-from embedder.batcher import MicroBatcher, worker_count
+from embedder.batcher import MicroBatcher, serving_layout
 from embedder.windows import estimated_chars
 
 logger = logging.getLogger(__name__)
@@ -25,10 +25,15 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _build_state(settings: Settings, metrics: Metrics) -> AppState:
-    # EMBEDDER_THREADS reaches the backend through encoder_options (default: every core).
+    # EMBEDDER_THREADS is the backend's threads per encode call; the server runs one call
+    # per core on one thread each unless it is set (`serving_layout` says why).
     # A backend that fails the fidelity gate on this CPU is replaced by torch fp32: the
     # encoder logs a warning saying why, and /health reports it (fallback_reason).
-    encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
+    workers, threads = serving_layout(settings.embedder_threads)
+    options = {**settings.encoder_options(), "threads": threads}
+    encoder = load_encoder(settings.embedder_model, **options)
+    if encoder.device == "cuda":
+        workers = 1  # one stream of large batches keeps a GPU busy; more only splits them
     cache = embedding_cache(settings)
     # Buckets cost a text's characters up to what truncation keeps (~8 per token at most);
     # the windows of long texts go through the same queue, costed by their tokens, so
@@ -41,7 +46,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         max_queue_texts=settings.queue_max_texts,
         max_bucket_texts=settings.embedder_batch_size,
         length=lambda item: min(estimated_chars(item), longest),
-        workers=worker_count(settings.embedder_threads),
+        workers=workers,
     )
     batcher.on_batch = metrics.batch_size.observe
     service = EmbeddingService(

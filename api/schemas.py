@@ -134,6 +134,9 @@ class HealthResponse(BaseModel):
         "fidelity gate on this machine); null when it is."
     )
     device: Literal["cpu", "cuda"]
+    encode_workers: str = Field(
+        description="Encode threads running / started, e.g. 2/2; fewer running is degraded."
+    )
     cache: Literal["up", "degraded", "down"] = Field(
         description="degraded: some Redis Cluster masters do not answer; their keys are "
         "served uncached."

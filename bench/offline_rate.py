@@ -2,11 +2,12 @@
 
     EMBEDDER_BACKEND=onnx python bench/offline_rate.py --texts-file texts.json --plain
 
-Reads a JSON list of texts; prints one JSON object: `encode_raw` texts/s of the encoder the
-API would build from these environment variables (`api.main._build_state`: same backend,
-fallback, batch size and threads), and with --plain also `SentenceTransformer.encode`
-(fp32, batch 32, max_seq_length 128). The bench scripts run it before and after a server so
-a baseline shares the server's run and conditions without sharing its process.
+Reads a JSON list of texts; prints one JSON object: `encode_raw` texts/s of the encoder
+these environment variables configure (same backend, fallback and batch size as the server,
+in one call on every core: the backend's offline rate), and with --plain also
+`SentenceTransformer.encode` (fp32, batch 32, max_seq_length 128). The bench scripts run it
+before and after a server so a baseline shares the server's run and conditions without
+sharing its process.
 """
 
 import argparse
@@ -18,13 +19,12 @@ from pathlib import Path
 
 def encode_raw_rate(texts: list[str]) -> tuple[float, str]:
     """Texts/s of the server's encoder over `texts` (one warm-up batch first) and its backend."""
-    from api.main import _build_state
-    from api.metrics import Metrics
     from bertheads.settings import Settings
+    from embedder import load_encoder
 
     settings = Settings()
-    state = _build_state(settings, Metrics())
-    encoder = state.encoder
+    # Every core on one call (no EMBEDDER_THREADS here): the backend's best offline rate.
+    encoder = load_encoder(settings.embedder_model, **settings.encoder_options())
     encoder.encode_raw(texts[: settings.embedder_batch_size])
     started = time.perf_counter()
     encoder.encode_raw(texts, batch_size=settings.embedder_batch_size)

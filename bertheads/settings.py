@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     embedder_device: Literal["auto", "cpu", "cuda"] = "auto"
     embedder_batch_size: int = Field(32, ge=1, le=4096)
+    # Threads per encode call. None: the server runs one single-threaded call per core
+    # (embedder.batcher.serving_layout); offline encodes (train.py, bulk) use every core.
     embedder_threads: int | None = Field(None, ge=1, le=256)
     embedder_cache_dir: Path | None = None
     # Texts over max_seq_len tokens: cut ("truncate") or split into overlapping token

@@ -1,16 +1,16 @@
 """Micro-batching: concurrent requests share forward passes on the encode workers."""
 
 import logging
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedder.cores import available_cores
 from embedder.errors import QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -101,14 +101,26 @@ class CallCostModel:
             self.overhead = float(np.clip(fixed / per_unit, self.LOWEST, self.HIGHEST))
 
 
-def worker_count(threads_per_call: int | None) -> int:
-    """Encode workers for a backend using `threads_per_call` threads (None: every core).
+def serving_layout(threads_per_call: int | None) -> tuple[int, int]:
+    """(encode workers, backend threads per call) for a CPU server.
 
-    A backend on every core gets one worker; with fewer threads per call, enough workers to
-    fill the cores run calls side by side (no thread of one call waits for another's).
+    Default: one single-threaded call per core. Calls that each use every core stall
+    whenever the event loop or Redis client takes a core (each parallel step waits for its
+    slowest thread); independent calls do not, and served 1.1-1.4x more texts/s at 4-64
+    clients (docs/BENCHMARKS.md section 12), for about 2.5 ms more on a lone text.
+    `threads_per_call` > 1 trades the other way: `cores // threads_per_call` workers.
     """
-    cores = len(os.sched_getaffinity(0))
-    return max(1, cores // threads_per_call) if threads_per_call else 1
+    threads = threads_per_call or 1
+    return max(1, available_cores() // threads), threads
+
+
+def _settle(future: Future, outcome: np.ndarray | Exception) -> None:
+    """Resolve `future`; one its caller cancelled is left as it is (the worker goes on)."""
+    resolve = future.set_exception if isinstance(outcome, Exception) else future.set_result
+    try:
+        resolve(outcome)
+    except InvalidStateError:
+        logger.debug("a caller cancelled its encode before the answer came")
 
 
 class MicroBatcher:
@@ -170,6 +182,11 @@ class MicroBatcher:
         self._texts_per_second = 0.0
         self._stopping = False
         self._threads: list[threading.Thread] = []
+
+    @property
+    def workers_alive(self) -> int:
+        """Encode threads running (fewer than `workers` means one died: a bug to report)."""
+        return sum(thread.is_alive() for thread in self._threads)
 
     @property
     def queue_depth(self) -> int:
@@ -235,7 +252,10 @@ class MicroBatcher:
                     return self._buckets.popleft()
                 if self._jobs:
                     self._wait_for_cohort()
-                    self._buckets.extend(self._bucket_jobs(self._take_jobs()))
+                    # The wait releases the lock: another worker may have taken the jobs.
+                    if self._jobs:
+                        self._buckets.extend(self._bucket_jobs(self._take_jobs()))
+                        self._condition.notify_all()  # idle workers: buckets to share
                     continue
                 if self._stopping:
                     return None
@@ -281,13 +301,18 @@ class MicroBatcher:
             started = time.perf_counter()
             try:
                 vectors = self.encode_function(texts)
+                if len(vectors) != len(texts):
+                    raise RuntimeError(f"encode returned {len(vectors)} rows for {len(texts)}")
             except Exception as error:  # hand the failure to every waiting caller
                 logger.exception("encode failed for a batch of %d texts", len(texts))
                 self._fail(bucket, error)
             else:
                 self._deliver(bucket, vectors, time.perf_counter() - started)
             if self.on_batch is not None:
-                self.on_batch(len(texts))
+                try:
+                    self.on_batch(len(texts))
+                except Exception:  # a metrics hook must never stop a worker
+                    logger.exception("the batch hook failed")
 
     def _deliver(self, bucket: _Bucket, vectors: np.ndarray, seconds: float) -> None:
         finished: list[_Job] = []
@@ -307,7 +332,7 @@ class MicroBatcher:
                 if job.remaining == 0:
                     finished.append(job)
         for job in finished:  # outside the lock: callbacks may submit again
-            job.future.set_result(job.vectors)
+            _settle(job.future, job.vectors)
 
     def _fail(self, bucket: _Bucket, error: Exception) -> None:
         failed: list[_Job] = []
@@ -318,4 +343,4 @@ class MicroBatcher:
                     job.failed = True
                     failed.append(job)
         for job in failed:
-            job.future.set_exception(error)
+            _settle(job.future, error)

@@ -8,13 +8,13 @@ does it at install; a server that finds files missing builds them, logged, inste
 """
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedder.cores import available_cores
 from embedder.fidelity import REFERENCE_FILE, cpu_signature
 from embedder.files import locked, write_atomically
 from embedder.onnx_int8 import INT8_FILE
@@ -109,7 +109,7 @@ def _session_options(threads: int | None) -> "onnxruntime.SessionOptions":
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = threads or available_cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # the "hardware specific graph" notice is expected here
     return options

@@ -95,6 +95,8 @@ def test_health_and_metrics(client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["cache"] == "up" and health["dim"] == 384
     assert len(health["fingerprint"]) == 20
+    started = client.app.state.bertheads.batcher.workers
+    assert health["encode_workers"] == f"{started}/{started}"
     client.post("/embed", json={"texts": ["count me"]})
     metrics = client.get("/metrics").text
     assert 'bertheads_requests_total{method="POST",route="/embed",status="200"}' in metrics

@@ -1,6 +1,7 @@
 """The micro-batcher with the real MiniLM encoder: merging, buckets, order, errors, limits."""
 
 import itertools
+import os
 import random
 import threading
 import time
@@ -9,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 import pytest
 
-from embedder.batcher import CallCostModel, MicroBatcher, length_buckets
+from embedder.batcher import CallCostModel, MicroBatcher, length_buckets, serving_layout
+from embedder.cores import available_cores
 from embedder.errors import QueueFullError
 
 SHORT = [f"short text {index}" for index in range(8)]
@@ -288,3 +290,68 @@ def test_the_batcher_learns_its_call_cost_from_real_encodes(minilm):
     learnt = batcher.cost_model.overhead
     assert CallCostModel.LOWEST <= learnt <= CallCostModel.HIGHEST
     assert learnt != CallCostModel.START
+
+
+def test_workers_racing_for_one_cohort_all_survive(minilm):
+    # Idle workers wait for a returning cohort with the lock released; another worker can
+    # take the jobs meanwhile. Every worker must come back from that with nothing to take.
+    texts = [f"{word} number {index}" for index in range(40) for word in ("alpha", "beta")]
+    expected = dict(zip(texts, minilm.encode_raw(texts), strict=True))
+    batcher = MicroBatcher(minilm.encode_raw, workers=3, max_wait_ms=20, max_batch_texts=8)
+    batcher.start()
+
+    def client(offset: int) -> list[tuple[str, np.ndarray]]:
+        answers = []
+        for step in range(10):
+            text = texts[(offset + step * 7) % len(texts)]
+            answers.append((text, batcher.encode([text])[0]))
+        return answers
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = [pair for answers in pool.map(client, range(16)) for pair in answers]
+        assert batcher.workers_alive == 3
+    finally:
+        batcher.stop()
+    assert len(results) == 160
+    for text, vector in results:
+        np.testing.assert_allclose(vector, expected[text], atol=1e-4)
+
+
+def test_a_cancelled_caller_does_not_stop_the_worker(minilm):
+    recorder = Recorder(minilm)
+    batcher = blocked_batcher(recorder)
+    try:
+        abandoned = batcher.submit(["a caller that gives up"])
+        assert abandoned.cancel()
+        recorder.hold.set()
+        deadline = time.monotonic() + 30
+        while batcher.queue_depth and time.monotonic() < deadline:  # the abandoned job's turn
+            time.sleep(0.01)
+        answer = batcher.submit(["the next caller"]).result(timeout=10)
+        assert batcher.workers_alive == 1
+    finally:
+        batcher.stop()
+    np.testing.assert_allclose(answer, minilm.encode_raw(["the next caller"]), atol=1e-5)
+
+
+def test_cores_follow_the_cgroup_quota_under_the_affinity(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    for content, expected in [
+        ("max 100000\n", affinity),
+        ("50000 100000\n", 1),  # half a CPU still gets one thread
+        (f"{affinity * 100000 + 1} 100000\n", affinity),  # a quota above the affinity
+        ("100000 100000\n", 1),
+        ("garbage\n", affinity),
+    ]:
+        cpu_max.write_text(content)
+        assert available_cores(cpu_max) == expected, content
+    assert available_cores(tmp_path / "absent") == affinity
+
+
+def test_the_server_runs_one_single_threaded_call_per_core_unless_told():
+    cores = available_cores()
+    assert serving_layout(None) == (cores, 1)
+    assert serving_layout(2) == (max(1, cores // 2), 2)
+    assert serving_layout(cores * 4) == (1, cores * 4)

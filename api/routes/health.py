@@ -19,14 +19,17 @@ async def health(state: StateDep) -> dict:
     heads = registry.names() if registry else []
     default = state.settings.default_head if state.settings.default_head in heads else None
     store_up = registry is None or registry.store_error is None
+    batcher = state.batcher
+    workers_up = batcher.workers_alive == batcher.workers
     return {
-        "status": "ok" if cache == "up" and store_up else "degraded",
+        "status": "ok" if cache == "up" and store_up and workers_up else "degraded",
         "model": state.encoder.model_id,
         "dim": state.encoder.dim,
         "fingerprint": state.encoder.fingerprint(),
         "backend": state.encoder.backend_name,
         "fallback_reason": state.encoder.fallback_reason,
         "device": state.encoder.device,
+        "encode_workers": f"{batcher.workers_alive}/{batcher.workers}",
         "cache": cache,
         "cache_problem": state.cache.problem,
         "heads": heads,
