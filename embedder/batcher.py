@@ -133,7 +133,8 @@ class MicroBatcher:
     while the later buckets run and the next batch is waiting when this one ends: the
     workers never sit idle while work waits. Only an idle worker waits for company, up to
     `max_wait_ms`, and only while fewer jobs wait than the last batch held (a cohort of
-    clients coming back), so a lone client pays no wait.
+    clients coming back), so a lone client pays no wait. A bucket that has the workers to
+    itself goes to `encode_alone` when one is set (e.g. a session using every core).
 
     Args:
         encode: Texts -> float32 (n, dim); called on the worker threads only.
@@ -174,6 +175,10 @@ class MicroBatcher:
         self.length = length
         self.workers = workers
         self.on_batch: Callable[[int], None] | None = None
+        # Set (any time) to encode a bucket that has the workers to itself: a lone request
+        # is served fastest by one call on every core, a busy queue by one call per core.
+        self.encode_alone: Callable[[list[str]], np.ndarray] | None = None
+        self._encoding = 0  # buckets being encoded right now
         self._jobs: deque[tuple[float, _Job]] = deque()
         self._buckets: deque[_Bucket] = deque()
         self._condition = threading.Condition()
@@ -244,12 +249,18 @@ class MicroBatcher:
         rate = self._texts_per_second or 50.0
         return min(60.0, max(1.0, self._pending / rate))
 
-    def _next_bucket(self) -> _Bucket | None:
-        """Block until there is a bucket to encode; None once stopped with nothing left."""
+    def _next_bucket(self) -> tuple[_Bucket, bool] | None:
+        """Block until there is a bucket to encode; None once stopped with nothing left.
+
+        Returns (bucket, alone): alone when no other bucket is encoding or waiting.
+        """
         with self._condition:
             while True:
                 if self._buckets:
-                    return self._buckets.popleft()
+                    bucket = self._buckets.popleft()
+                    alone = not (self._encoding or self._buckets or self._jobs)
+                    self._encoding += 1
+                    return bucket, alone
                 if self._jobs:
                     self._wait_for_cohort()
                     # The wait releases the lock: another worker may have taken the jobs.
@@ -296,11 +307,13 @@ class MicroBatcher:
         ]
 
     def _run(self) -> None:
-        while (bucket := self._next_bucket()) is not None:
+        while (taken := self._next_bucket()) is not None:
+            bucket, alone = taken
             texts = bucket.texts
+            encode = self.encode_alone if alone and self.encode_alone else self.encode_function
             started = time.perf_counter()
             try:
-                vectors = self.encode_function(texts)
+                vectors = encode(texts)
                 if len(vectors) != len(texts):
                     raise RuntimeError(f"encode returned {len(vectors)} rows for {len(texts)}")
             except Exception as error:  # hand the failure to every waiting caller
@@ -318,6 +331,7 @@ class MicroBatcher:
         finished: list[_Job] = []
         with self._condition:
             self._pending -= len(bucket.rows)
+            self._encoding -= 1
             # A smoothed encode rate, for the Retry-After of a full queue.
             rate = len(bucket.rows) / max(seconds, 1e-9)
             self._texts_per_second = 0.8 * self._texts_per_second + 0.2 * rate
@@ -338,6 +352,7 @@ class MicroBatcher:
         failed: list[_Job] = []
         with self._condition:
             self._pending -= len(bucket.rows)
+            self._encoding -= 1
             for job, _ in bucket.rows:
                 if not job.failed:
                     job.failed = True

@@ -355,3 +355,28 @@ def test_the_server_runs_one_single_threaded_call_per_core_unless_told():
     assert serving_layout(None) == (cores, 1)
     assert serving_layout(2) == (max(1, cores // 2), 2)
     assert serving_layout(cores * 4) == (1, cores * 4)
+
+
+def test_a_bucket_alone_goes_to_the_every_core_encoder_and_others_share_the_cores(minilm):
+    narrow, wide = Recorder(minilm), Recorder(minilm)
+    batcher = MicroBatcher(narrow, workers=2)
+    batcher.encode_alone = wide
+    batcher.start()
+    try:
+        lone = batcher.encode(["a lone request"])
+        assert wide.calls == [["a lone request"]] and not narrow.calls
+        wide.hold.clear()
+        wide.entered.clear()
+        first = batcher.submit(["held in the every-core call"])
+        assert wide.entered.wait(timeout=30)
+        # The cores are taken: the next bucket gets a single-threaded call of its own.
+        second = batcher.submit(["arrives while the first is encoding"]).result(timeout=30)
+        assert narrow.calls == [["arrives while the first is encoding"]]
+        wide.hold.set()
+        first = first.result(timeout=30)
+    finally:
+        batcher.stop()
+    texts = ["a lone request", "held in the every-core call", "arrives while the first is encoding"]
+    np.testing.assert_allclose(
+        np.vstack([lone, first, second]), minilm.encode_raw(texts), atol=1e-5
+    )
