@@ -1,5 +1,6 @@
 """POST /embed, /health and the error contract, through the real app on MiniLM and Redis."""
 
+import os
 import time
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from embedder.cores import available_cores
 from tests.conftest import make_settings
 
 
@@ -119,3 +121,29 @@ def test_redis_dies_and_returns(tmp_path, spare_redis):
         assert client.post("/embed", json={"texts": texts}).json()["cached"] == 0  # empty restart
         assert client.post("/embed", json={"texts": texts}).json()["cached"] == 2
         assert client.get("/health").json()["cache"] == "up"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_lone_request_is_encoded_on_every_core_by_the_same_backend(tmp_path, redis_url):
+    settings = make_settings(tmp_path, redis_url)
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.bertheads
+        assert state.batcher.workers == available_cores()  # one single-threaded call each
+        deadline = time.monotonic() + 60
+        while state.batcher.encode_alone is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the every-core session loads after startup
+        assert state.batcher.encode_alone is not None
+        answer = client.post("/embed", json={"texts": ["one text, nobody else waiting"]})
+        vector = np.array(answer.json()["embeddings"][0], dtype=np.float32)
+        narrow = state.encoder.encode_raw(["one text, nobody else waiting"])[0]
+    cosine = vector @ narrow / (np.linalg.norm(vector) * np.linalg.norm(narrow))
+    assert state.encoder.backend_name == "onnx-int8" and cosine > 0.9999
+
+
+def test_explicit_threads_keep_one_session(tmp_path, redis_url):
+    settings = make_settings(tmp_path, redis_url, embedder_threads=available_cores())
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.bertheads
+        assert state.batcher.workers == 1
+        time.sleep(1)  # long enough for the every-core session to load, were it wanted
+        assert state.batcher.encode_alone is None
