@@ -47,15 +47,18 @@ from common import (
 )
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-TARGETS = {"hate_speech": 0.85, "toxic": 0.97, "sst2": 0.90}
+TARGETS = {"hate_speech": 0.85, "toxic": 0.97, "sst2": 0.90, "sst2_docs": None}
 PRIMARY = {"hate_speech": "accuracy", "toxic": "roc_auc", "sst2": "accuracy"}
+PRIMARY["sst2_docs"] = "accuracy"
+SETS = ("hate_speech", "toxic", "sst2", "sst2_docs")
+DOCUMENTS = {"train": 500, "test": 250}  # as in docs/BENCHMARKS.md section 9
 DOC = REPO / "docs" / "QUALITY.md"
 
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="sets,timing,latency")
-    parser.add_argument("--sets", default="hate_speech,toxic,sst2")
+    parser.add_argument("--sets", default=",".join(SETS))
     # All of sst2's train rows: the bulk job embeds them in 3.5 min here (the issue allows 10).
     parser.add_argument("--sst2-rows", type=int, default=60614)
     parser.add_argument("--timing-rows", type=int, default=16000, help="timing: sst2 rows")
@@ -67,12 +70,31 @@ def parse_arguments() -> argparse.Namespace:
 
 
 def read_set(name: str, split: str, rows: int | None = None) -> tuple[list[str], Any]:
+    if name == "sst2_docs":
+        return read_documents(split)
     with (DATASETS / name / f"{split}.csv").open(encoding="utf-8", newline="") as handle:
         table = list(csv.DictReader(handle))[:rows]
     texts = [row["text"] for row in table]
     if name == "toxic":
         return texts, np.array([[int(row[label]) for label in TOXIC_LABELS] for row in table])
     return texts, [row["label"] for row in table]
+
+
+def read_documents(split: str) -> tuple[list[str], list[str]]:
+    """Long documents of 10-16 same-label sst2 sentences (bench/long_texts.py, seed 0).
+
+    Train documents come from sst2 train.csv, test documents from test.csv (GLUE's dev
+    set: no sentence in common); the generator is drawn train first, as long_texts.py does.
+    """
+    from long_texts import read_rows, sst2_documents
+
+    generator = np.random.default_rng(0)
+    documents: dict[str, tuple[list[str], Any]] = {}
+    for part in ("train", "test"):
+        rows = read_rows(DATASETS / "sst2" / f"{part}.csv")
+        documents[part] = sst2_documents(rows, DOCUMENTS[part], generator)
+    texts, labels = documents[split]
+    return texts, [str(label) for label in labels]
 
 
 def service_and_info() -> tuple[Any, dict[str, Any], Any]:
@@ -337,7 +359,7 @@ def write_doc(results: dict[str, Any], command: str) -> None:
             "",
             *[
                 f"- {name}: `{sets[name]['command']}` ({sets[name]['load_average']})"
-                for name in ("hate_speech", "toxic", "sst2")
+                for name in SETS
                 if name in sets
             ],
             "",
@@ -346,7 +368,7 @@ def write_doc(results: dict[str, Any], command: str) -> None:
             " ECE (method) | train s |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for name in ("hate_speech", "toxic", "sst2"):
+        for name in SETS:
             if name not in sets:
                 continue
             item = sets[name]
@@ -355,7 +377,8 @@ def write_doc(results: dict[str, Any], command: str) -> None:
             ece = calibration.get("ece")
             lines.append(
                 f"| {name} ({item['train_rows']} → {item['test_rows']}) | "
-                f"{item['primary_metric']} | ≥ {item['target']} | **{item['auto']:.4f}** | "
+                f"{item['primary_metric']} | {target_text(item['target'])} | "
+                f"**{item['auto']:.4f}** | "
                 f"{item['chosen']} | {best[item['primary_metric']]:.4f} ({best['candidate']}) | "
                 f"{100 * item['auto_minus_best_single']:+.2f} pt | {item['baseline']['value']:.4f}"
                 f" | {100 * item['auto_minus_baseline']:+.2f} pt | "
@@ -371,10 +394,13 @@ def write_doc(results: dict[str, Any], command: str) -> None:
             "sst2 trains on the first `--sst2-rows` of its 60,614 train rows (the table says",
             "how many): all of them by default, since the bulk job (`python -m embedder.bulk",
             "--data ../shared/datasets/sst2/train.csv`) embedded them in 3.5 min here, within",
-            "the 10-minute embed the issue allows.",
+            "the 10-minute embed the issue allows. sst2_docs are the long documents of",
+            "docs/BENCHMARKS.md section 9 (10-16 same-label sst2 sentences each, median 250",
+            "/ 318 tokens train / test, read as token windows): the issue's long-review check",
+            "that the default head stays within 1 pt of the TF-IDF baseline on long texts.",
             "",
         ]
-        for name in ("hate_speech", "toxic", "sst2"):
+        for name in SETS:
             if name not in sets:
                 continue
             item = sets[name]
@@ -460,22 +486,28 @@ def write_doc(results: dict[str, Any], command: str) -> None:
     DOC.write_text("\n".join(lines), encoding="utf-8")
 
 
+def target_text(target: float | None) -> str:
+    """A set's absolute target as the table shows it ("—": only the relative targets)."""
+    return "—" if target is None else f"≥ {target}"
+
+
 def target_summary(results: dict[str, Any]) -> list[str]:
     """The issue's targets, each with the figure above that decides it."""
     rows = []
     sets = results.get("sets", {})
-    for name in ("hate_speech", "toxic", "sst2"):
+    for name in SETS:
         item = sets.get(name)
         if not item:
             continue
         metric = item["primary_metric"]
-        rows.append(
-            (
-                f"{name} test {metric} ≥ {item['target']}",
-                f"{item['auto']:.4f}",
-                item["auto"] >= item["target"],
+        if item["target"] is not None:
+            rows.append(
+                (
+                    f"{name} test {metric} ≥ {item['target']}",
+                    f"{item['auto']:.4f}",
+                    item["auto"] >= item["target"],
+                )
             )
-        )
         rows.append(
             (
                 f"{name}: default within 1 pt of the best single candidate",

@@ -107,8 +107,9 @@ def serving_layout(threads_per_call: int | None) -> tuple[int, int]:
     Default: one single-threaded call per core. Calls that each use every core stall
     whenever the event loop or Redis client takes a core (each parallel step waits for its
     slowest thread); independent calls do not, and served 1.1-1.4x more texts/s at 4-64
-    clients (docs/BENCHMARKS.md section 12), for about 2.5 ms more on a lone text.
-    `threads_per_call` > 1 trades the other way: `cores // threads_per_call` workers.
+    clients (docs/BENCHMARKS.md section 12). A lone text alone on one core is slower (14
+    vs 9 ms for mpnet int8), which `MicroBatcher.encode_alone` is for. `threads_per_call`
+    > 1 trades the other way: `cores // threads_per_call` workers.
     """
     threads = threads_per_call or 1
     return max(1, available_cores() // threads), threads
@@ -320,22 +321,26 @@ class MicroBatcher:
                 logger.exception("encode failed for a batch of %d texts", len(texts))
                 self._fail(bucket, error)
             else:
-                self._deliver(bucket, vectors, time.perf_counter() - started)
+                # The cost model learns the single-threaded calls that batching is for.
+                seconds = None if encode is self.encode_alone else time.perf_counter() - started
+                self._deliver(bucket, vectors, seconds)
             if self.on_batch is not None:
                 try:
                     self.on_batch(len(texts))
                 except Exception:  # a metrics hook must never stop a worker
                     logger.exception("the batch hook failed")
 
-    def _deliver(self, bucket: _Bucket, vectors: np.ndarray, seconds: float) -> None:
+    def _deliver(self, bucket: _Bucket, vectors: np.ndarray, seconds: float | None) -> None:
+        """Hand each caller its rows; `seconds` (None: not to learn from) feeds the models."""
         finished: list[_Job] = []
         with self._condition:
             self._pending -= len(bucket.rows)
             self._encoding -= 1
-            # A smoothed encode rate, for the Retry-After of a full queue.
-            rate = len(bucket.rows) / max(seconds, 1e-9)
-            self._texts_per_second = 0.8 * self._texts_per_second + 0.2 * rate
-            self.cost_model.observe(bucket.padded, seconds)
+            if seconds is not None:
+                # A smoothed encode rate, for the Retry-After of a full queue.
+                rate = len(bucket.rows) / max(seconds, 1e-9)
+                self._texts_per_second = 0.8 * self._texts_per_second + 0.2 * rate
+                self.cost_model.observe(bucket.padded, seconds)
             for (job, row), vector in zip(bucket.rows, vectors, strict=True):
                 if job.failed:  # another bucket of this job failed: it has its answer
                     continue
