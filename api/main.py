@@ -77,13 +77,10 @@ def _serve_lone_requests_on_every_core(state: AppState) -> None:
     ):
         return
     try:
-        options = {**settings.encoder_options(), "threads": cores}
-        wide = load_encoder(settings.embedder_model, **options)
+        wide = encoder.with_threads(cores)  # the same model file: the same vector space
     except Exception:  # the narrow layout keeps serving; say why in the log
         logger.exception("no every-core session for lone requests; single-threaded calls only")
         return
-    if wide.backend_name != encoder.backend_name:
-        return  # it fell back to another backend: never mix two backends' vectors
     state.batcher.encode_alone = wide.encode_raw
     logger.info("lone requests: one call on %d threads", cores)
 

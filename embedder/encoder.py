@@ -1,5 +1,6 @@
 """The frozen encoder: texts in, float32 vectors (n, dim) out."""
 
+import copy
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -117,6 +118,23 @@ class Encoder:
         self.fidelity = loaded.fidelity
         self.batch_size = batch_size or default_batch_size(self.device)
         self.dim = int(self._encode_batch(["dimension probe"]).shape[1])
+
+    def with_threads(self, threads: int) -> "Encoder":
+        """A twin whose ONNX session runs on `threads` threads, all else shared.
+
+        Same model file, tokenizers and fidelity verdict, so the same vector space: the
+        gate is not run again. For the ONNX backends only (torch's thread count is one per
+        process, so a torch twin could not differ).
+        """
+        from embedder.onnx_backend import OnnxBackend
+
+        if not isinstance(self.backend, OnnxBackend):
+            raise InvalidConfigError(
+                f"threads per encoder need an ONNX backend; this one runs {self.backend_name}"
+            )
+        twin = copy.copy(self)
+        twin.backend = OnnxBackend(self.backend.path, threads)
+        return twin
 
     @property
     def model_id(self) -> str:

@@ -106,6 +106,20 @@ def test_padding_does_not_change_fp32_vectors(encoders: dict[str, Encoder]) -> N
     assert fidelity.cosine(batched, alone).min() >= 0.9999
 
 
+def test_a_twin_on_other_threads_gives_the_same_vectors(encoders: dict[str, Encoder]) -> None:
+    for name in ("onnx", "onnx-int8"):
+        if encoders[name].backend_name != name:
+            continue  # refused by the gate on this CPU: torch serves, no twin to make
+        twin = encoders[name].with_threads(2)
+        assert twin.backend is not encoders[name].backend
+        assert twin.backend.session.get_session_options().intra_op_num_threads == 2
+        assert twin.fingerprint() == encoders[name].fingerprint()
+        same = fidelity.cosine(twin.encode(SENTENCES), encoders[name].encode(SENTENCES))
+        assert same.min() >= 0.9999
+    with pytest.raises(InvalidConfigError, match="need an ONNX backend; this one runs torch"):
+        encoders["torch"].with_threads(2)
+
+
 def test_int8_stays_faithful_in_any_batch(encoders: dict[str, Encoder]) -> None:
     # Batch-wide activation ranges make int8 vectors depend a little on their batch-mates.
     reference = encoders["torch"].encode(SENTENCES)
