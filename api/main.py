@@ -103,9 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         state = await run_in_threadpool(_build_state, settings, metrics)
         state.batcher.start()
-        threading.Thread(
+        widening = threading.Thread(
             target=_serve_lone_requests_on_every_core, args=(state,), daemon=True
-        ).start()
+        )
+        widening.start()
         if not state.cache.ping():
             logger.warning(
                 "Redis%s at %s does not answer; serving uncached",
@@ -121,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # A process that exits inside ONNX Runtime's session setup aborts in C++.
+            widening.join(timeout=30)
             state.registry.stop()
             state.batcher.stop()
             state.cache.close()

@@ -1063,6 +1063,36 @@ def test_unauthenticated_writes_can_be_allowed_explicitly_and_are_logged(
     assert "ALLOW_UNAUTHENTICATED_WRITES=true" in log and "0.0.0.0" in log
 
 
+def test_a_server_that_cannot_bind_shuts_down_cleanly(tmp_path):
+    # Startup ends at once when the port is taken, while the every-core ONNX session may
+    # still be under construction: the process must not abort inside ONNX Runtime.
+    env = {
+        **os.environ,
+        "EMBEDDER_MODEL": MINILM,
+        "REDIS_URL": redis_db_url(API_DB),
+        "MODELS_DIR": str(tmp_path / "models"),
+        "DEMO_HEAD_ON_START": "false",
+    }
+    env.pop("EMBEDDER_THREADS", None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
+        completed = subprocess.run(
+            [*command, "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    output = completed.stdout + completed.stderr
+    assert "address already in use" in output, output[-2000:]
+    assert "terminate called" not in output and completed.returncode == 3, output[-2000:]
+
+
 def test_python_m_api_binds_from_settings_and_refuses_open_writes(tmp_path):
     port = free_port()
     env = {
