@@ -70,7 +70,44 @@ def train_reported(
     # shared 2-core machine they spin against other work (a 1-feature Platt fit took
     # 0.2 s with 2 threads under load, 1 ms with one).
     with threadpool_limits(limits=BLAS_THREADS):
-        return _train_reported(
+        if head != AUTO:
+            trained = train_head(
+                vectors,
+                labels,
+                label_names=label_names,
+                test_vectors=test_vectors,
+                test_labels=test_labels,
+                test_texts=test_texts,
+                test_size=test_size,
+                texts=texts,
+                head=head,
+                seed=seed,
+                tune_threshold=tune_threshold,
+                **head_options,
+            )
+            check(cancel)
+            _attach_baseline_and_calibration(
+                trained,
+                labels,
+                label_names,
+                texts,
+                test_texts,
+                test_labels,
+                test_size,
+                seed,
+                cancel,
+            )
+            method = "platt" if getattr(trained.estimator, "model", None) == "svm" else "none"
+            _set_calibration_method(trained, method)
+            trained.report["features"] = trained.params.get("features", "embedding")
+            return trained
+        unknown = sorted(key for key, value in head_options.items() if value is not None)
+        if unknown:
+            raise InvalidParameterError(
+                f"head 'auto' chooses its own options; {unknown} are for a named head "
+                "(logreg, mlp, svm)"
+            )
+        return _train_auto(
             vectors,
             labels,
             texts=texts,
@@ -79,81 +116,13 @@ def train_reported(
             test_texts=test_texts,
             test_labels=test_labels,
             test_size=test_size,
-            head=head,
             budget_seconds=budget_seconds,
             folds=folds,
             seed=seed,
             tune_threshold=tune_threshold,
             cancel=cancel,
             progress=progress,
-            **head_options,
         )
-
-
-def _train_reported(
-    vectors: np.ndarray | None,
-    labels: Sequence[Any] | np.ndarray,
-    *,
-    texts: Sequence[str] | None,
-    label_names: Sequence[str] | None,
-    test_vectors: np.ndarray | None,
-    test_texts: Sequence[str] | None,
-    test_labels: Sequence[Any] | np.ndarray | None,
-    test_size: float,
-    head: str,
-    budget_seconds: float,
-    folds: int | None,
-    seed: int,
-    tune_threshold: bool | None,
-    cancel: CancelToken | None,
-    progress: bool,
-    **head_options: Any,
-) -> TrainedHead:
-    if head != AUTO:
-        trained = train_head(
-            vectors,
-            labels,
-            label_names=label_names,
-            test_vectors=test_vectors,
-            test_labels=test_labels,
-            test_texts=test_texts,
-            test_size=test_size,
-            texts=texts,
-            head=head,
-            seed=seed,
-            tune_threshold=tune_threshold,
-            **head_options,
-        )
-        check(cancel)
-        _attach_baseline_and_calibration(
-            trained, labels, label_names, texts, test_texts, test_labels, test_size, seed, cancel
-        )
-        method = "platt" if getattr(trained.estimator, "model", None) == "svm" else "none"
-        _set_calibration_method(trained, method)
-        trained.report["features"] = trained.params.get("features", "embedding")
-        return trained
-    unknown = sorted(key for key, value in head_options.items() if value is not None)
-    if unknown:
-        raise InvalidParameterError(
-            f"head 'auto' chooses its own options; {unknown} are for a named head "
-            "(logreg, mlp, svm)"
-        )
-    return _train_auto(
-        vectors,
-        labels,
-        texts=texts,
-        label_names=label_names,
-        test_vectors=test_vectors,
-        test_texts=test_texts,
-        test_labels=test_labels,
-        test_size=test_size,
-        budget_seconds=budget_seconds,
-        folds=folds,
-        seed=seed,
-        tune_threshold=tune_threshold,
-        cancel=cancel,
-        progress=progress,
-    )
 
 
 def _checked_inputs(
