@@ -5,10 +5,12 @@ BERTHEADS_TEST_REDIS_PORT when set), so concurrent sessions never flush each oth
 and the machine's own Redis on 6379 is left alone.
 """
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +74,20 @@ def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settin
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def run_python_json(script: str, *arguments: str) -> dict:
+    """Run `script` in a fresh Python process (imports start empty) and parse its JSON output."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def free_port() -> int:

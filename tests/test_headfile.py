@@ -18,7 +18,7 @@ from classifier.errors import CorruptHeadError, PersistError, UnsignedHeadError
 from classifier.heads import LogisticHead, MLPHead
 from classifier.tasks import TaskSpec
 from classifier.training import train_head
-from tests.conftest import REPO
+from tests.conftest import REPO, run_python_json
 
 ENCODER = {"fingerprint": "f" * 16, "dim": 12}
 
@@ -312,23 +312,8 @@ def test_loading_and_predicting_imports_neither_torch_nor_sklearn(tmp_path, head
     trained = train_head(X, labels_for("multiclass", X), head=head, max_epochs=5, test_size=0)
     save_head(trained, tmp_path / "models", "h", ENCODER)
     np.save(tmp_path / "x.npy", X[:20])
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LOAD_AND_PREDICT,
-            str(tmp_path / "models"),
-            "h",
-            str(tmp_path / "x.npy"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    arguments = [str(tmp_path / "models"), "h", str(tmp_path / "x.npy")]
+    report = run_python_json(LOAD_AND_PREDICT, *arguments)
     assert report["torch"] is False and report["sklearn"] is False, report
     np.testing.assert_allclose(
         report["probabilities"], trained.estimator.predict_proba(X[:20]), atol=1e-6

@@ -6,8 +6,6 @@ no mocks. The hate_speech checks train on a slice and bound the test accuracy lo
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from classifier.features import LinearTextModel, TfidfTransform, make_hybrid_hea
 from classifier.features.fitting import _block
 from classifier.features.text import char_wb_ngrams, word_ngrams
 from classifier.training import build_head, cross_validate_head, train_head
-from tests.conftest import DATASETS, REPO
+from tests.conftest import DATASETS, run_python_json
 
 needs_datasets = pytest.mark.skipif(
     not DATASETS.is_dir(), reason=f"the shared datasets are not at {DATASETS}"
@@ -313,23 +311,8 @@ def test_loading_and_predicting_a_text_head_imports_neither_torch_nor_sklearn(tm
     trained = train_head(X, labels, texts=texts, features=features, head="svm", test_size=0)
     save_head(trained, tmp_path / "models", "h", ENCODER)
     np.save(tmp_path / "x.npy", X[:20])
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LOAD_AND_PREDICT,
-            str(tmp_path / "models"),
-            str(tmp_path / "x.npy"),
-            json.dumps(texts[:20]),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    arguments = [str(tmp_path / "models"), str(tmp_path / "x.npy"), json.dumps(texts[:20])]
+    report = run_python_json(LOAD_AND_PREDICT, *arguments)
     assert report["torch"] is False and report["sklearn"] is False, report
     assert report["scipy"] is False, report
     np.testing.assert_array_equal(

@@ -6,8 +6,6 @@ the toxic set in ../shared; nothing of our own code is mocked.
 
 import csv
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -26,7 +24,7 @@ from classifier.reporting import train_reported
 from classifier.search import plan_folds, search_heads
 from classifier.stacking import StackedClassifier, fit_meta, meta_features
 from classifier.tasks import encode_labels
-from tests.conftest import DATASETS, REPO
+from tests.conftest import DATASETS, REPO, run_python_json
 
 TOXIC = ["toxic", "obscene", "insult"]
 
@@ -188,23 +186,8 @@ def _served(tmp_path, trained, vectors, texts):
     save_head(trained, tmp_path / "models", "h", {"fingerprint": "f" * 16, "dim": vectors.shape[1]})
     np.save(tmp_path / "x.npy", vectors)
     (tmp_path / "t.json").write_text(json.dumps(texts), encoding="utf-8")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LOAD_AND_PREDICT,
-            str(tmp_path / "models"),
-            str(tmp_path / "x.npy"),
-            str(tmp_path / "t.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    arguments = [str(tmp_path / "models"), str(tmp_path / "x.npy"), str(tmp_path / "t.json")]
+    return run_python_json(LOAD_AND_PREDICT, *arguments)
 
 
 def test_the_auto_head_reports_and_serves_what_it_was_evaluated_with(tmp_path, support):
