@@ -90,6 +90,13 @@ def run_python_json(script: str, *arguments: str) -> dict:
     return json.loads(result.stdout)
 
 
+def run_train_cli(redis_db: int, *arguments: str) -> subprocess.CompletedProcess:
+    """`classifier/train.py` on MiniLM with its cache in Redis database `redis_db`."""
+    command = [sys.executable, "classifier/train.py", "--model", MINILM]
+    command += ["--redis-url", redis_db_url(redis_db), *arguments]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

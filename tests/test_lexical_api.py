@@ -2,14 +2,13 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from tests.conftest import MINILM, REPO, make_settings, redis_db_url
+from tests.conftest import REPO, make_settings, run_train_cli
 from tests.test_api_heads import AUTH, KEY, support_examples, train
 
 SUPPORT = REPO / "data" / "demo_support.csv"
@@ -98,17 +97,7 @@ def test_a_lexical_head_trained_on_blank_texts_is_a_422(client):
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "classifier/train.py",
-        "--model",
-        MINILM,
-        "--redis-url",
-        redis_db_url(13),
-    ]
-    return subprocess.run(
-        [*command, *arguments], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    return run_train_cli(13, *arguments)
 
 
 @pytest.mark.parametrize("features", ["lexical", "hybrid"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import DATASETS, MINILM, REPO, redis_db_url
+from conftest import DATASETS, MINILM, redis_db_url, run_train_cli
 
 from classifier import headfile, load_head
 from classifier.train import main
@@ -37,17 +37,7 @@ def write_slice(source: Path, target: Path, rows: int, columns: list[str] | None
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "classifier/train.py",
-        "--model",
-        MINILM,
-        "--redis-url",
-        redis_db_url(14),
-    ]
-    return subprocess.run(
-        [*command, *arguments], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    return run_train_cli(14, *arguments)
 
 
 @needs_datasets
